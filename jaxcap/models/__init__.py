@@ -1,0 +1,1 @@
+"""Flax modules: image encoders, the LSTM decoder and the captioner that joins them."""
