@@ -30,7 +30,7 @@ def test_same_padding_is_tf_same():
 
 
 @pytest.mark.parametrize("name,grid", [("efficientnet_lite0", (7, 7, 1280)), ("resnet18", (7, 7, 512)),
-                                       ("resnet50", (7, 7, 2048)), ("small_cnn", (8, 8, 96))])
+                                       ("resnet50", (7, 7, 2048)), ("small_cnn", (8, 8, 128))])
 def test_encoder_output_shapes(name, grid):
   enc = encoders.make_encoder(name)
   g, p = encoders.output_shapes(enc, batch=2)

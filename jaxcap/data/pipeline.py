@@ -77,11 +77,12 @@ def _read(builder, split: str, shuffle_files: bool, seed: int):
 def train_dataset(builder, vocab: vocab_lib.Vocab, *, batch_size: int, max_len: int,
                   preprocessing: Preprocessing, split: str = "train", normalize: bool = False,
                   augment: bool = False, shuffle_buffer: int = 8192, seed: int = 0, repeat: bool = True,
-                  process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+                  process_index: int = 0, process_count: int = 1, skip_examples: int = 0) -> tf.data.Dataset:
   """(image, caption) pairs, one per caption, shuffled and batched with drop_remainder.
 
   Each process reads its own even slice of the split (`tfds.split_for_jax_process`); batch_size is the
-  per-process batch.
+  per-process batch. The order is a function of `seed`; `skip_examples` resumes it mid-way (skipped pairs are
+  never decoded, so resuming is cheap).
   """
   sub = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
   ds = _read(builder, sub, shuffle_files=True, seed=seed)
@@ -96,6 +97,8 @@ def train_dataset(builder, vocab: vocab_lib.Vocab, *, batch_size: int, max_len: 
     ds = ds.repeat()
   # Shuffle encoded bytes (small), not decoded pixels, so a large buffer is cheap.
   ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  if skip_examples:
+    ds = ds.skip(skip_examples)
 
   def load(ex):
     img = decode_and_resize(ex["image"], preprocessing.size)

@@ -17,7 +17,9 @@ from jaxcap.models.layers import global_avg_pool
 
 class SmallCNN(nn.Module):
   """A tiny from-scratch encoder for the synthetic quickstart and tests (no pretrained weights)."""
-  features: tuple[int, ...] = (32, 64, 96)
+  # Three stride-2 layers, then a stride-1 one: a 31-pixel receptive field per grid cell, enough to tell a
+  # circle from a square at the quickstart's 64x64.
+  features: tuple[int, ...] = (32, 64, 96, 128)
   image_size: int = 64
   dtype: Any = jnp.float32
 
@@ -29,7 +31,8 @@ class SmallCNN(nn.Module):
   def __call__(self, images, train: bool = False):
     x = self.preprocessing.normalize(images).astype(self.dtype)
     for i, f in enumerate(self.features):
-      x = nn.Conv(f, (3, 3), (2, 2), dtype=self.dtype, name=f"conv{i}")(x)
+      stride = 2 if i < 3 else 1
+      x = nn.Conv(f, (3, 3), (stride, stride), dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{i}")(x)
       x = nn.relu(x)
     return x, global_avg_pool(x)

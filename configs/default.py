@@ -1,0 +1,90 @@
+"""Every knob a jaxcap training run has, with its default. Variants import this and override a few fields.
+
+    python train.py --config configs/default.py --workdir workdirs/NAME --config.train.batch_size=32
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Seed of parameter init, dropout and the data order.
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  # Flickr8k-style folder (either layout); "" with synthetic=True generates the synthetic dataset.
+  c.data.data_dir = ""
+  # Generate the synthetic shapes dataset (into synthetic_dir) instead of reading data_dir.
+  c.data.synthetic = False
+  # Where the synthetic dataset is written ("" = ~/.cache/jaxcap/synthetic-<n>-<size>).
+  c.data.synthetic_dir = ""
+  # Number of synthetic images and their side in pixels.
+  c.data.synthetic_num_images = 2000
+  c.data.synthetic_size = 64
+  # Where the prepared TFDS copy goes ("" = ~/.cache/jaxcap/tfds/...).
+  c.data.tfds_dir = ""
+  # Tokens per caption including <start> and <end>; longer captions are cut.
+  c.data.max_len = 24
+  # Vocabulary: words seen at least this many times in the train split.
+  c.data.min_count = 5
+  # Where frozen-encoder features are cached ("" = ~/.cache/jaxcap/features).
+  c.data.feature_cache_dir = ""
+
+  c.model = ml_collections.ConfigDict()
+  # Encoder: small_cnn | efficientnet_lite0..2 | resnet18..152 | resnet50_keras ...
+  c.model.encoder = "efficientnet_lite0"
+  # Converted ImageNet weights: "" (random init), "default" (~/.cache/jaxcap/weights/<encoder>.msgpack) or a path.
+  c.model.pretrained = "default"
+  # Input side for small_cnn (pretrained encoders use their own size).
+  c.model.image_size = 224
+  # Decoder: "attend" (Show-Attend-Tell soft attention) or "show_tell".
+  c.model.decoder_mode = "attend"
+  c.model.embed_dim = 512
+  c.model.hidden_dim = 512
+  c.model.attention_dim = 512
+  # Dropout on word embeddings and on the LSTM output.
+  c.model.dropout = 0.5
+  # Compute dtype: float32, or bfloat16 on accelerators (parameters and optimizer state stay float32).
+  c.model.dtype = "float32"
+  # Depthwise conv kernel: auto (shifted slices on CPU, library conv elsewhere) | shifted | conv.
+  c.model.depthwise_impl = "auto"
+
+  c.train = ml_collections.ConfigDict()
+  # "cached": frozen encoder, features encoded once and cached; "finetune": end to end from images.
+  c.train.regime = "cached"
+  # Global batch size (split over all devices of all processes).
+  c.train.batch_size = 64
+  # Length of training in epochs over the train captions; num_steps > 0 overrides it.
+  c.train.num_epochs = 3
+  c.train.num_steps = 0
+  # AdamW peak learning rate, linear warmup steps, cosine decay to lr * final_lr_fraction.
+  c.train.learning_rate = 1e-3
+  c.train.warmup_steps = 100
+  c.train.final_lr_fraction = 0.05
+  c.train.weight_decay = 1e-4
+  # Gradient global-norm clipping threshold.
+  c.train.grad_clip = 5.0
+  # Label smoothing of the cross-entropy (0 = none).
+  c.train.label_smoothing = 0.0
+  # Weight of the doubly-stochastic attention penalty sum_n (1 - sum_t alpha_tn)^2 (attend mode).
+  c.train.attention_penalty = 1.0
+  # Sort captions by length inside chunks so short ones do not pay for padding (cached regime).
+  c.train.length_bucketing = True
+  # Finetune regime: encoder learning rate and the step from which the encoder trains.
+  c.train.encoder_learning_rate = 1e-4
+  c.train.finetune_from_step = 0
+  # Finetune regime: random crop + brightness/contrast augmentation.
+  c.train.augment = False
+  # Logging, validation and checkpoint intervals in steps (0 = only at the end).
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
+  # Checkpoints kept besides the best-by-dev-BLEU-4 one.
+  c.train.keep_checkpoints = 2
+  # Dev images used for validation (0 = all); greedy decoding length limit.
+  c.train.eval_num_images = 0
+  c.train.decode_max_len = 20
+  # At the end, evaluate the best-on-dev checkpoint on the test split (greedy BLEU).
+  c.train.final_test_eval = True
+  # Batch size of feature extraction and evaluation.
+  c.train.eval_batch_size = 64
+  return c

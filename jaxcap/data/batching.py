@@ -1,0 +1,69 @@
+"""In-memory (image, caption) pairs and a deterministic, resumable, length-bucketed batch schedule.
+
+Used when images are represented by cached features: batches are index arrays, so the batch at any step is a
+pure function of (seed, step): resuming after a crash replays exactly the same data order. Length bucketing
+sorts pairs by length inside chunks of `chunk_batches` batches, so short captions do not pay for padding;
+each batch is cut to its longest caption rounded up to a multiple of `pad_multiple` (few distinct shapes, so
+few compilations).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxcap.data import vocab as vocab_lib
+
+
+@dataclasses.dataclass
+class CaptionPairs:
+  image_index: np.ndarray   # [M] int32, row of the image in its split's feature array
+  tokens: np.ndarray        # [M, max_len] int32
+  lengths: np.ndarray       # [M] int32, real tokens including <start> and <end>
+
+
+def caption_pairs(names: list[str], captions: dict[str, list[str]], vocab: vocab_lib.Vocab,
+                  max_len: int) -> CaptionPairs:
+  idx, toks = [], []
+  for i, name in enumerate(names):
+    for c in captions[name]:
+      ids = vocab.encode(c, max_len)
+      idx.append(i)
+      toks.append(ids + [vocab_lib.PAD_ID] * (max_len - len(ids)))
+  tokens = np.asarray(toks, np.int32).reshape(-1, max_len)
+  return CaptionPairs(np.asarray(idx, np.int32), tokens, (tokens != vocab_lib.PAD_ID).sum(1).astype(np.int32))
+
+
+class Schedule:
+  """Global batches of pair indices; epoch e's order depends only on (seed, e)."""
+
+  def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, bucket: bool = True,
+               chunk_batches: int = 50, pad_multiple: int = 4):
+    if len(lengths) < batch_size:
+      raise ValueError(f"{len(lengths)} training captions cannot fill one batch of {batch_size}")
+    self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+    self.bucket, self.chunk_batches, self.pad_multiple = bucket, chunk_batches, pad_multiple
+    self.steps_per_epoch = len(lengths) // batch_size
+    self._cache: tuple[int, list[np.ndarray]] | None = None
+
+  def epoch(self, e: int) -> list[np.ndarray]:
+    if self._cache and self._cache[0] == e:
+      return self._cache[1]
+    rng = np.random.default_rng([self.seed, e])
+    order = rng.permutation(len(self.lengths))[: self.steps_per_epoch * self.batch_size]
+    if self.bucket:
+      chunk = self.chunk_batches * self.batch_size
+      order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")]
+                              for c in np.split(order, range(chunk, len(order), chunk))])
+    batches = order.reshape(self.steps_per_epoch, self.batch_size)
+    if self.bucket:
+      batches = batches[rng.permutation(self.steps_per_epoch)]
+    self._cache = (e, list(batches))
+    return self._cache[1]
+
+  def batch(self, step: int) -> np.ndarray:
+    return self.epoch(step // self.steps_per_epoch)[step % self.steps_per_epoch]
+
+  def padded_length(self, idx: np.ndarray, max_len: int) -> int:
+    longest = int(self.lengths[idx].max())
+    return min(max_len, -(-longest // self.pad_multiple) * self.pad_multiple)

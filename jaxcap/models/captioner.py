@@ -1,0 +1,38 @@
+"""Encoder + decoder as one Flax module; `make_captioner` builds it from a config."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxcap.models import encoders
+from jaxcap.models.decoder import Decoder
+
+
+class Captioner(nn.Module):
+  """Variables: params/{encoder,decoder}, batch_stats/encoder."""
+  encoder: nn.Module
+  decoder: Decoder
+
+  def __call__(self, images, tokens, train: bool = False, train_encoder: bool = False):
+    grid = self.encode(images, train_encoder)
+    if not train_encoder:
+      grid = jax.lax.stop_gradient(grid)
+    return self.decoder(grid, tokens, train=train)
+
+  def encode(self, images, train_encoder: bool = False):
+    return self.encoder(images, train=train_encoder)[0]
+
+
+def dtype_of(name: str):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def make_captioner(model_config, vocab_size: int) -> Captioner:
+  dtype = dtype_of(model_config.dtype)
+  enc = encoders.make_encoder(model_config.encoder, dtype=dtype, image_size=model_config.image_size,
+                              depthwise_impl=model_config.get("depthwise_impl", "auto"))
+  dec = Decoder(vocab_size=vocab_size, mode=model_config.decoder_mode, embed_dim=model_config.embed_dim,
+                hidden_dim=model_config.hidden_dim, attention_dim=model_config.attention_dim,
+                dropout=model_config.dropout, dtype=dtype)
+  return Captioner(enc, dec)

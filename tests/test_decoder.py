@@ -1,0 +1,68 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcap import decode
+from jaxcap.data import vocab as V
+from jaxcap.models.decoder import Decoder
+
+
+def _setup(mode, vocab_size=12):
+  d = Decoder(vocab_size=vocab_size, mode=mode, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.0)
+  grid = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2, 3, 10)), jnp.float32)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, vocab_size, (3, 6)), jnp.int32)
+  return d, grid, tokens, d.init(jax.random.key(0), grid, tokens)
+
+
+@pytest.mark.parametrize("mode", ["attend", "show_tell"])
+def test_single_step_shares_parameters_with_scan(mode):
+  d, grid, tokens, v = _setup(mode)
+  logits, alphas = d.apply(v, grid, tokens)
+  assert logits.shape == (3, 6, 12)
+  state = d.apply(v, grid, method=Decoder.init_state)
+  for t in range(6):
+    step_logits, alpha, state = d.apply(v, state, tokens[:, t], method=Decoder.step)
+    np.testing.assert_allclose(step_logits, logits[:, t], atol=1e-5)
+    if mode == "attend":
+      np.testing.assert_allclose(alpha, alphas[:, t], atol=1e-6)
+
+
+def test_attention_weights_are_a_distribution_over_the_grid():
+  d, grid, tokens, v = _setup("attend")
+  _, alphas = d.apply(v, grid, tokens)
+  assert alphas.shape == (3, 6, 6)
+  np.testing.assert_allclose(alphas.sum(-1), 1.0, atol=1e-5)
+  assert (alphas >= 0).all()
+
+
+def test_dropout_only_in_training():
+  d = Decoder(vocab_size=12, mode="attend", embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.5)
+  grid = jnp.ones((2, 2, 2, 4))
+  tokens = jnp.ones((2, 3), jnp.int32)
+  v = d.init(jax.random.key(0), grid, tokens)
+  a = d.apply(v, grid, tokens, train=True, rngs={"dropout": jax.random.key(1)})[0]
+  b = d.apply(v, grid, tokens, train=True, rngs={"dropout": jax.random.key(2)})[0]
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(d.apply(v, grid, tokens)[0], d.apply(v, grid, tokens)[0])
+
+
+def _biased(v, token, amount=100.0):
+  v = jax.tree.map(lambda a: a, v)
+  bias = v["params"]["out"]["bias"]
+  v["params"]["out"]["bias"] = bias.at[token].add(amount)
+  return v
+
+
+def test_greedy_stops_at_end_and_pads_after():
+  d, grid, _, v = _setup("attend")
+  tokens, alphas = decode.greedy(d, _biased(v, V.END_ID)["params"], grid, max_len=5)
+  assert (np.asarray(tokens)[:, 0] == V.END_ID).all()
+  assert (np.asarray(tokens)[:, 1:] == V.PAD_ID).all()
+  assert alphas.shape == (3, 5, 6)
+
+
+def test_greedy_without_end_returns_max_length_captions():
+  d, grid, _, v = _setup("attend")
+  tokens, _ = decode.greedy(d, _biased(v, 7)["params"], grid, max_len=9)
+  assert np.asarray(tokens).shape == (3, 9) and (np.asarray(tokens) == 7).all()

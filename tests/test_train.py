@@ -1,0 +1,149 @@
+"""The trainer on tiny synthetic data: learning, checkpoints, exact resume after SIGKILL, devices, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import quickstart
+from jaxcap import train_lib
+from jaxcap.data import vocab as V
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_overrides(synth_dir, regime="finetune"):
+  return {
+      "data.synthetic": True, "data.synthetic_dir": synth_dir, "data.synthetic_num_images": 48,
+      "data.synthetic_size": 32, "data.max_len": 12, "data.tfds_dir": os.path.join(synth_dir + "_tfds"),
+      "data.feature_cache_dir": synth_dir + "_features",
+      "model.image_size": 32, "model.embed_dim": 16, "model.hidden_dim": 32, "model.attention_dim": 16,
+      "train.regime": regime, "train.batch_size": 8, "train.num_steps": 30, "train.log_every": 1,
+      "train.eval_every": 15, "train.checkpoint_every": 10, "train.eval_batch_size": 8, "train.warmup_steps": 5,
+      "train.learning_rate": 1e-2, "train.encoder_learning_rate": 1e-2,
+  }
+
+
+def tiny_config(synth_dir, regime="finetune", **extra):
+  c = quickstart.get_config()
+  for k, v in {**tiny_overrides(synth_dir, regime), **extra}.items():
+    section, field = k.split(".")
+    c[section][field] = v
+  return c
+
+
+def read_metrics(workdir):
+  """step -> loss, the last record per step (a resumed run re-logs the steps after its checkpoint)."""
+  out = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    r = json.loads(line)
+    if "loss" in r:
+      out[r["step"]] = r["loss"]
+  return out
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("train") / "synth")
+
+
+@pytest.mark.parametrize("regime", ["cached", "finetune"])
+def test_training_learns_and_leaves_a_complete_workdir(regime, synth, tmp_path):
+  workdir = str(tmp_path / regime)
+  result = train_lib.train_and_evaluate(tiny_config(synth, regime, **{"train.num_steps": 60}), workdir)
+  assert result["step"] == 60
+  losses = read_metrics(workdir)
+  assert np.mean([losses[s] for s in range(51, 61)]) < 0.7 * np.mean([losses[s] for s in range(1, 11)])
+  for f in ("config.json", "vocab.json", "metrics.jsonl"):
+    assert os.path.exists(os.path.join(workdir, f)), f
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["50", "60"]  # keep_checkpoints=2
+  assert len(os.listdir(os.path.join(workdir, "best"))) == 1
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  vocab = V.Vocab.load(os.path.join(workdir, "vocab.json"))
+  assert "circle" in vocab.tokens
+  assert 0.0 <= result["dev_bleu4"] <= 1.0
+
+
+def _train_cmd(workdir, synth, overrides):
+  flags = [f"--config.{k}={v}" for k, v in {**tiny_overrides(synth), **overrides}.items()]
+  return [sys.executable, os.path.join(ROOT, "train.py"), "--workdir", workdir, *flags]
+
+
+@pytest.mark.parametrize("regime", ["cached", "finetune"])
+def test_sigkill_mid_run_then_same_command_resumes_with_same_data_order(regime, synth, tmp_path):
+  overrides = {"train.num_steps": 40, "train.regime": regime}
+  straight = str(tmp_path / "straight")
+  subprocess.run(_train_cmd(straight, synth, overrides), check=True, capture_output=True, cwd=ROOT)
+
+  workdir = str(tmp_path / "killed")
+  cmd = _train_cmd(workdir, synth, overrides)
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+  ckpts = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= 20 for d in os.listdir(ckpts)):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "training finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(read_metrics(workdir))
+  assert killed_at < 40
+
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+  assert "resuming from" in out.stderr
+  assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 40
+  a, b = read_metrics(straight), read_metrics(workdir)
+  assert sorted(b) == list(range(1, 41))
+  np.testing.assert_allclose([b[s] for s in range(1, 41)], [a[s] for s in range(1, 41)], rtol=1e-5)
+
+
+def test_one_device_and_eight_simulated_devices_give_the_same_losses(synth, tmp_path):
+  losses = []
+  for n in (1, 8):
+    workdir = str(tmp_path / f"dev{n}")
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    cmd = _train_cmd(workdir, synth, {"train.regime": "cached", "train.num_steps": 5, "train.eval_every": 0,
+                                      "train.checkpoint_every": 0})
+    subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT)
+    losses.append(read_metrics(workdir))
+  assert sorted(losses[0]) == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose([losses[1][s] for s in range(1, 6)], [losses[0][s] for s in range(1, 6)], rtol=1e-4)
+
+
+def test_incompatible_checkpoint_names_the_field(synth, tmp_path):
+  workdir = str(tmp_path / "w")
+  train_lib.train_and_evaluate(tiny_config(synth, "cached", **{"train.num_steps": 10}), workdir)
+  with pytest.raises(train_lib.TrainError, match=r"model.hidden_dim: checkpoint has 32, config has 64"):
+    train_lib.train_and_evaluate(tiny_config(synth, "cached", **{"model.hidden_dim": 64}), workdir)
+
+
+def test_vocabulary_mismatch_is_reported(synth, tmp_path):
+  workdir = str(tmp_path / "w")
+  os.makedirs(workdir)
+  V.Vocab(list(V.SPECIALS) + ["zebra"]).save(os.path.join(workdir, "vocab.json"))
+  with pytest.raises(train_lib.TrainError, match="vocab.json: vocabulary does not match"):
+    train_lib.train_and_evaluate(tiny_config(synth, "cached"), workdir)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth, tmp_path):
+  workdir = str(tmp_path / "w")
+  cfg = tiny_config(synth, "cached", **{"train.num_steps": 30, "train.checkpoint_every": 5})
+  cfg.train.learning_rate = 1e30
+  cfg.train.warmup_steps = 1
+  with pytest.raises(train_lib.TrainError, match=r"loss became nan at step \d+; stopped without saving"):
+    train_lib.train_and_evaluate(cfg, workdir)
+  for step in os.listdir(os.path.join(workdir, "checkpoints")):
+    assert np.isfinite(read_metrics(workdir)[int(step)])
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path):
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--workdir", str(tmp_path / "w"),
+                        "--config", os.path.join(ROOT, "configs", "flickr8k_lite0.py"),
+                        f"--config.data.data_dir={tmp_path / 'nope'}"], capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope'}: data directory does not exist"
