@@ -41,8 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.embed_dim = 512
   c.model.hidden_dim = 512
   c.model.attention_dim = 512
-  # Dropout on word embeddings and on the LSTM output.
+  # Dropout on the LSTM output (and attention context) before the vocabulary projection.
   c.model.dropout = 0.5
+  # Dropout on the word embeddings.
+  c.model.embed_dropout = 0.0
   # Compute dtype: float32, or bfloat16 on accelerators (parameters and optimizer state stay float32).
   c.model.dtype = "float32"
   # Depthwise conv kernel: auto (shifted slices on CPU, library conv elsewhere) | shifted | conv.
@@ -54,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Global batch size (split over all devices of all processes).
   c.train.batch_size = 64
   # Length of training in epochs over the train captions; num_steps > 0 overrides it.
-  c.train.num_epochs = 3
+  c.train.num_epochs = 4
   c.train.num_steps = 0
   # AdamW peak learning rate, linear warmup steps, cosine decay to lr * final_lr_fraction.
   c.train.learning_rate = 1e-3

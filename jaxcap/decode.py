@@ -14,6 +14,13 @@ from jaxcap.data import vocab as vocab_lib
 from jaxcap.models.decoder import Decoder
 
 
+def allowed_logits(logits: jax.Array) -> jax.Array:
+  """<pad>, <start> and <unk> are never emitted: a caption with "<unk>" is never what a user wants."""
+  banned = jnp.zeros(logits.shape[-1], bool).at[jnp.array([vocab_lib.PAD_ID, vocab_lib.START_ID,
+                                                          vocab_lib.UNK_ID])].set(True)
+  return jnp.where(banned, -1e9, logits)
+
+
 @functools.partial(jax.jit, static_argnames=("decoder", "max_len"))
 def greedy(decoder: Decoder, params, grid: jax.Array, max_len: int = 20):
   """Greedy captions for grid [B, h, w, C]: tokens [B, max_len] (<pad> after <end>), alphas [B, max_len, N].
@@ -34,7 +41,7 @@ def greedy(decoder: Decoder, params, grid: jax.Array, max_len: int = 20):
   def body(c):
     t, state, prev, done, tokens, alphas = c
     logits, alpha, state = decoder.apply(variables, state, prev, method=Decoder.step)
-    nxt = jnp.where(done, vocab_lib.PAD_ID, jnp.argmax(logits, -1).astype(jnp.int32))
+    nxt = jnp.where(done, vocab_lib.PAD_ID, jnp.argmax(allowed_logits(logits), -1).astype(jnp.int32))
     tokens = tokens.at[:, t].set(nxt)
     alphas = alphas.at[:, t].set(alpha)
     return t + 1, state, nxt, done | (nxt == vocab_lib.END_ID), tokens, alphas
@@ -43,3 +50,107 @@ def greedy(decoder: Decoder, params, grid: jax.Array, max_len: int = 20):
   init = (jnp.int32(0), state, start, jnp.zeros((b,), bool), tokens, alphas)
   _, _, _, _, tokens, alphas = jax.lax.while_loop(cond, body, init)
   return tokens, alphas
+
+
+NEG_INF = -1.0e9
+
+
+def length_penalty(length: jax.Array, alpha: jax.Array) -> jax.Array:
+  """GNMT length penalty ((5 + length) / 6) ** alpha; alpha = 0 scores by the plain log-probability."""
+  return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
+
+
+def _gather(tree, idx):
+  """x [B, K, ...] for every leaf, idx [B, M] -> [B, M, ...]."""
+  return jax.tree.map(lambda x: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1), tree)
+
+
+def _split_beams(tree, b, k):
+  return jax.tree.map(lambda x: x.reshape((b, k) + x.shape[1:]), tree)
+
+
+def _merge_beams(tree):
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+
+
+@functools.partial(jax.jit, static_argnames=("decoder", "beam_size", "max_len"))
+def beam_search(decoder: Decoder, params, grid: jax.Array, beam_size: int = 3, max_len: int = 20,
+                alpha: float | jax.Array = 0.0):
+  """Beam search for grid [B, h, w, C], batched over images.
+
+  Returns tokens [B, K, max_len] (<pad> after <end>), scores [B, K] (log-probability / length penalty, best
+  first), log_probs [B, K] (plain sum) and alphas [B, K, max_len, N] (attention of every token).
+  An ended hypothesis never grows again and keeps its score; a hypothesis that reaches max_len without <end>
+  is returned as it is (ranked after every ended one), so every image always gets K captions. The loop
+  stops once no live beam can beat the worst kept ended one. `alpha` is traced: changing it never recompiles.
+  """
+  k, variables = beam_size, {"params": params}
+  alpha = jnp.asarray(alpha, jnp.float32)
+  b = grid.shape[0]
+  feats, att_feats, carry = decoder.apply(variables, grid, method=Decoder.init_state)
+  n = att_feats.shape[1] if decoder.mode == "attend" else 0
+  tile = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
+  state = (tile(feats), tile(att_feats), jax.tree.map(tile, carry))
+  # Only beam 0 is live at the start, so the first step does not pick K copies of the same word.
+  live_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
+  seqs = jnp.full((b, k, max_len), vocab_lib.PAD_ID, jnp.int32)
+  alphas = jnp.zeros((b, k, max_len, n), jnp.float32)
+  fin_seqs, fin_alphas = seqs, alphas
+  fin_scores = jnp.full((b, k), NEG_INF, jnp.float32)
+  fin_lp = jnp.full((b, k), NEG_INF, jnp.float32)
+  last = jnp.full((b, k), vocab_lib.START_ID, jnp.int32)
+
+  def cond(c):
+    t, live_lp, fin_scores = c[0], c[1], c[6]
+    # Log-probabilities only fall, and the penalty is largest at max_len: the best any live beam can reach.
+    best_live = live_lp[:, 0] / length_penalty(jnp.asarray(max_len), jnp.maximum(alpha, 0.0))
+    worst_fin = jnp.where(fin_scores[:, -1] > NEG_INF / 2, fin_scores[:, -1], NEG_INF)
+    can_improve = jnp.any(best_live > worst_fin)
+    return (t < max_len) & can_improve
+
+  def body(c):
+    t, live_lp, seqs, alphas, state, last, fin_scores, fin_lp, fin_seqs, fin_alphas = c
+    logits, alpha_t, state = decoder.apply(variables, state, last.reshape(-1), method=Decoder.step)
+    logp = jax.nn.log_softmax(allowed_logits(logits)).reshape(b, k, -1)
+    vsize = logp.shape[-1]
+    cand = (live_lp[:, :, None] + logp).reshape(b, k * vsize)
+    cand_lp, cand_idx = jax.lax.top_k(cand, 2 * k)                        # 2k: k may end at once
+    beam, token = cand_idx // vsize, (cand_idx % vsize).astype(jnp.int32)
+    c_seqs = _gather(seqs, beam).at[:, :, t].set(token)
+    c_alphas = _gather(alphas, beam).at[:, :, t].set(_gather(alpha_t.reshape(b, k, n), beam))
+    is_end = token == vocab_lib.END_ID
+    # A hypothesis ends only if its <end> ranks among the k best extensions (so beam 1 is exactly greedy);
+    # an <end> further down is dropped, never kept live.
+    ended = is_end & (jnp.arange(2 * k) < k)[None, :] & (cand_lp > NEG_INF / 2)  # not from an empty beam
+    # Ended candidates join the finished pool with their length-normalized score.
+    new_scores = jnp.where(ended, cand_lp / length_penalty(t + 1, alpha), NEG_INF)
+    pool_scores = jnp.concatenate([fin_scores, new_scores], 1)
+    keep = jax.lax.top_k(pool_scores, k)[1]
+    fin_scores = jnp.take_along_axis(pool_scores, keep, 1)
+    fin_lp = jnp.take_along_axis(jnp.concatenate([fin_lp, jnp.where(ended, cand_lp, NEG_INF)], 1), keep, 1)
+    fin_seqs = _gather(jnp.concatenate([fin_seqs, c_seqs], 1), keep)
+    fin_alphas = _gather(jnp.concatenate([fin_alphas, c_alphas], 1), keep)
+    # The k best candidates that did not end stay live.
+    live_scores = jnp.where(is_end, NEG_INF, cand_lp)
+    live_lp, pick = jax.lax.top_k(live_scores, k)
+    src = jnp.take_along_axis(beam, pick, 1)
+    seqs, alphas = _gather(c_seqs, pick), _gather(c_alphas, pick)
+    state = _merge_beams(_gather(_split_beams(state, b, k), src))
+    last = jnp.take_along_axis(token, pick, 1)
+    return t + 1, live_lp, seqs, alphas, state, last, fin_scores, fin_lp, fin_seqs, fin_alphas
+
+  init = (jnp.int32(0), live_lp, seqs, alphas, state, last, fin_scores, fin_lp, fin_seqs, fin_alphas)
+  t, live_lp, seqs, alphas, _, _, fin_scores, fin_lp, fin_seqs, fin_alphas = jax.lax.while_loop(cond, body, init)
+  # Unended live beams fill the slots no ended hypothesis took (peers crash when none ends).
+  live_scores = live_lp / length_penalty(t, alpha)
+  # Ranking: real ended hypotheses, then real live ones, then empty slots.
+  fin_rank = jnp.where(fin_scores > NEG_INF / 2, fin_scores, 4 * NEG_INF)
+  live_rank = jnp.where(live_lp > NEG_INF / 2, live_scores + NEG_INF, 3 * NEG_INF)
+  rank = jnp.concatenate([fin_rank, live_rank], 1)
+  keep = jax.lax.top_k(rank, k)[1]
+  # Slots with no hypothesis (beam wider than what the model can say) come back empty with score -inf.
+  empty = jnp.take_along_axis(rank, keep, 1) < 2.5 * NEG_INF
+  scores = jnp.where(empty, -jnp.inf, jnp.take_along_axis(jnp.concatenate([fin_scores, live_scores], 1), keep, 1))
+  log_probs = jnp.where(empty, -jnp.inf, jnp.take_along_axis(jnp.concatenate([fin_lp, live_lp], 1), keep, 1))
+  tokens = jnp.where(empty[..., None], vocab_lib.PAD_ID, _gather(jnp.concatenate([fin_seqs, seqs], 1), keep))
+  return tokens, scores, log_probs, _gather(jnp.concatenate([fin_alphas, alphas], 1), keep)

@@ -22,3 +22,46 @@ def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict
     warnings.simplefilter("ignore", UserWarning)
     scores = corpus_bleu(refs, hyps, weights=BLEU_WEIGHTS)
   return {f"bleu{n + 1}": float(s) for n, s in enumerate(scores)}
+
+
+def sentence_bleu4(hypothesis: str, references: Sequence[str]) -> float:
+  """Per-image BLEU-4 (smoothed, since single sentences often miss some 4-gram), for ranking captions."""
+  from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+  return float(sentence_bleu([normalize(r) for r in references], normalize(hypothesis),
+                             smoothing_function=SmoothingFunction().method1))
+
+
+def java_available() -> bool:
+  import shutil
+  import subprocess
+  if not shutil.which("java"):
+    return False
+  return subprocess.run(["java", "-version"], capture_output=True).returncode == 0
+
+
+def coco_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
+                 meteor: bool = True) -> dict[str, float]:
+  """CIDEr-D, ROUGE-L and METEOR 1.5 through pycocoevalcap (the captioning literature's implementations).
+
+  Text goes in normalized (the PTB tokenizer is not needed: normalization already lowercases and strips
+  punctuation). METEOR needs Java; without it the result has meteor=None and a `note`.
+  """
+  from pycocoevalcap.cider.cider import Cider
+  from pycocoevalcap.rouge.rouge import Rouge
+
+  gts = {i: [" ".join(normalize(r)) for r in rs] for i, rs in enumerate(references)}
+  res = {i: [" ".join(normalize(h)) or "<empty>"] for i, h in enumerate(hypotheses)}
+  out = {"cider": float(Cider().compute_score(gts, res)[0]), "rouge_l": float(Rouge().compute_score(gts, res)[0])}
+  if meteor and java_available():
+    from pycocoevalcap.meteor.meteor import Meteor
+    out["meteor"] = float(Meteor().compute_score(gts, res)[0])  # the Java process ends with the object
+  elif meteor:
+    out["meteor"] = None
+    out["note"] = "METEOR skipped: Java not found (install a JRE, e.g. apt-get install default-jre-headless)"
+  else:
+    out["meteor"] = None
+  return out
+
+
+def all_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]], meteor: bool = True) -> dict:
+  return {**bleu(hypotheses, references), **coco_metrics(hypotheses, references, meteor)}

@@ -33,7 +33,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxcap import decode, feature_cache, metrics, pretrained
-from jaxcap.data import batching, flickr8k, pipeline, synthetic
+import jaxcap.data as data_lib
+from jaxcap.data import batching, flickr8k, pipeline
 from jaxcap.data import vocab as vocab_lib
 from jaxcap.models.captioner import Captioner, make_captioner
 from jaxcap.models.decoder import Decoder
@@ -49,23 +50,7 @@ class TrainError(Exception):
 # ---------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------
-def cache_root() -> str:
-  return os.path.join(os.path.expanduser("~"), ".cache", "jaxcap")
 
-
-def resolve_data_dir(config) -> str:
-  d = config.data
-  if d.synthetic:
-    out = d.synthetic_dir or os.path.join(cache_root(), f"synthetic-{d.synthetic_num_images}-{d.synthetic_size}")
-    if not os.path.exists(out):  # written aside and renamed, so a crash never leaves half a dataset
-      tmp = f"{out}.tmp{os.getpid()}"
-      synthetic.write(tmp, d.synthetic_num_images, d.synthetic_size, seed=0)
-      os.replace(tmp, out)
-    return out
-  if not d.data_dir:
-    raise TrainError("config.data.data_dir is empty: set --config.data.data_dir=/path/to/flickr8k "
-                     "(or data.synthetic=True)")
-  return d.data_dir
 
 
 def split_captions(builder, split: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -321,7 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
 
   # --- data and vocabulary
-  data_dir = resolve_data_dir(config)
+  data_dir = data_lib.resolve_data_dir(config.data)
   builder = flickr8k.prepare(data_dir, config.data.tfds_dir or None, verbose=is_main)
   train_names, train_caps = split_captions(builder, "train")
   dev_names, dev_caps = split_captions(builder, "dev")
@@ -354,7 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     enc_vars = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
     weights_id = (os.path.basename(weights_path(config)) + str(os.path.getmtime(weights_path(config)))
                   if config.model.pretrained else f"random-seed{config.seed}")
-    cdir = feature_cache.cache_dir(config.data.feature_cache_dir or os.path.join(cache_root(), "features"),
+    weights_id += f"|pixels{pipeline.PIXELS_VERSION}"
+    cdir = feature_cache.cache_dir(config.data.feature_cache_dir or os.path.join(data_lib.cache_root(), "features"),
                                    builder.data_dir, config.model.encoder, weights_id,
                                    captioner.encoder.preprocessing.size)
     t0 = time.time()

@@ -62,7 +62,13 @@ def test_greedy_stops_at_end_and_pads_after():
   assert alphas.shape == (3, 5, 6)
 
 
+def test_greedy_never_emits_unknown_or_padding():
+  d, grid, _, v = _setup("attend")
+  tokens, _ = decode.greedy(d, _biased(v, V.UNK_ID)["params"], grid, max_len=4)
+  assert not np.isin(np.asarray(tokens), [V.UNK_ID, V.START_ID]).any()
+
+
 def test_greedy_without_end_returns_max_length_captions():
   d, grid, _, v = _setup("attend")
-  tokens, _ = decode.greedy(d, _biased(v, 7)["params"], grid, max_len=9)
+  tokens, _ = decode.greedy(d, _biased(v, 7)["params"], grid, max_len=9)  # 7: an ordinary word
   assert np.asarray(tokens).shape == (3, 9) and (np.asarray(tokens) == 7).all()

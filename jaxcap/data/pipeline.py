@@ -36,11 +36,26 @@ def lookup_table(vocab: vocab_lib.Vocab) -> tf.lookup.StaticHashTable:
   return tf.lookup.StaticHashTable(init, default_value=vocab_lib.UNK_ID)
 
 
-def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
-  """Encoded image bytes -> [size, size, 3] uint8. First frame of animations; no-op resize when sized."""
-  img = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+# Bumped whenever decoding or resizing changes the pixels (feature caches are keyed by it).
+PIXELS_VERSION = 2
+
+
+def decode(encoded: tf.Tensor) -> tf.Tensor:
+  """Encoded image bytes -> [H, W, 3] uint8; first frame of animations.
+
+  JPEGs use the accurate integer IDCT, which gives exactly PIL's pixels (TF's default fast IDCT differs by up
+  to 19 levels), so training and the PIL-based `jaxcap.data.images.read_image` see the same image.
+  """
+  img = tf.cond(tf.io.is_jpeg(encoded),
+                lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+                lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
   img.set_shape([None, None, 3])
-  return resize_uint8(img, size)
+  return img
+
+
+def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
+  """Encoded image bytes -> [size, size, 3] uint8 (no-op resize when already sized)."""
+  return resize_uint8(decode(encoded), size)
 
 
 def resize_uint8(img: tf.Tensor, size: int) -> tf.Tensor:

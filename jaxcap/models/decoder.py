@@ -5,7 +5,7 @@ Shapes: grid [B, h, w, C] (encoder features), tokens [B, T] int32, logits [B, T,
 What is hoisted out of the time loop (same math as per-step, fewer and larger matmuls):
 - the attention projection of the image grid, once per image (peers redo it at every step);
 - the embedding's contribution to the LSTM gates, for all T steps in one matmul;
-- the output projection to the vocabulary, for all T steps after the scan.
+- the output projection to the vocabulary (from [h; context] in attend mode), for all T steps after the scan.
 The scanned training path and `step` (used by greedy and beam search) call the same `cell` module, so they
 share parameters by construction.
 """
@@ -49,7 +49,8 @@ class AttendCell(nn.Module):
     zh = jnp.concatenate([context.astype(self.dtype), h.astype(self.dtype)], axis=-1)
     gates = x_gates + nn.Dense(4 * self.hidden_dim, use_bias=False, dtype=self.dtype, name="lstm")(zh)
     c, h = _lstm(gates, c)
-    return (c, h), (h, alpha)
+    # The output layer reads the context as well as h (Xu et al.'s deep output uses z too).
+    return (c, h), (jnp.concatenate([h.astype(self.dtype), context.astype(self.dtype)], -1), alpha)
 
 
 class ShowTellCell(nn.Module):
@@ -70,7 +71,8 @@ class Decoder(nn.Module):
   embed_dim: int = 512
   hidden_dim: int = 512
   attention_dim: int = 512
-  dropout: float = 0.5
+  dropout: float = 0.5          # on the LSTM output (and context) before the vocabulary projection
+  embed_dropout: float = 0.0    # on the word embeddings
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -87,6 +89,7 @@ class Decoder(nn.Module):
       self.cell = ShowTellCell(self.hidden_dim, self.dtype, name="cell")
     self.out = nn.Dense(self.vocab_size, dtype=self.dtype, name="out")
     self.drop = nn.Dropout(self.dropout)
+    self.embed_drop = nn.Dropout(self.embed_dropout)
 
   def init_state(self, grid):
     """Per-image constants and the initial carry. grid [B, h, w, C] -> (feats, att_feats, (c, h))."""
@@ -100,7 +103,7 @@ class Decoder(nn.Module):
   def __call__(self, grid, tokens, train: bool = False):
     """Teacher-forced logits [B, T, V] and attention weights [B, T, N] for input tokens [B, T]."""
     feats, att_feats, carry = self.init_state(grid)
-    x = self.drop(self.embed(tokens), deterministic=not train)
+    x = self.embed_drop(self.embed(tokens), deterministic=not train)
     x_gates = self.embed_gates(x.astype(self.dtype))                                # [B, T, 4H]
 
     def body(cell, carry, x_t, feats, att_feats):
@@ -108,13 +111,13 @@ class Decoder(nn.Module):
 
     scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=(1, nn.broadcast, nn.broadcast), out_axes=1)
-    _, (hs, alphas) = scan(self.cell, carry, x_gates, feats, att_feats)
-    logits = self.out(self.drop(hs, deterministic=not train).astype(self.dtype))
+    _, (outs, alphas) = scan(self.cell, carry, x_gates, feats, att_feats)
+    logits = self.out(self.drop(outs, deterministic=not train).astype(self.dtype))
     return logits.astype(jnp.float32), alphas
 
   def step(self, state, tokens):
     """One decoding step. state = (feats, att_feats, carry); tokens [B] -> (logits [B, V], alpha, state)."""
     feats, att_feats, carry = state
     x_gates = self.embed_gates(self.embed(tokens).astype(self.dtype))
-    carry, (h, alpha) = self.cell(carry, x_gates, feats, att_feats)
-    return self.out(h.astype(self.dtype)).astype(jnp.float32), alpha, (feats, att_feats, carry)
+    carry, (out, alpha) = self.cell(carry, x_gates, feats, att_feats)
+    return self.out(out.astype(self.dtype)).astype(jnp.float32), alpha, (feats, att_feats, carry)
