@@ -80,7 +80,7 @@ def show_result(name: str, data: bytes, cap: Captioner, beam: int, alpha: float,
     return
   left, right = st.columns([1, 1])
   with left:
-    st.image(original, caption=name, use_container_width=True)
+    st.image(original, caption=name, width="stretch")
   with right:
     st.markdown(f"**{beamed.caption}**")
     st.caption(f"beam {beam}: {1000 * (t2 - t1):.0f} ms · greedy: {greedy.caption!r} in "
@@ -91,7 +91,7 @@ def show_result(name: str, data: bytes, cap: Captioner, beam: int, alpha: float,
       word = st.select_slider("attention of word", options=list(range(len(beamed.words))),
                               format_func=lambda i: f"{i + 1}: {beamed.words[i]}", key=f"att-{name}")
       st.image(heat_overlay(pixels, beamed.attention[word]), caption=f"where '{beamed.words[word]}' looked",
-               use_container_width=True)
+               width="stretch")
   rows.append({"file": name, "greedy": greedy.caption, "beam": beamed.caption, "error": ""})
 
 
@@ -99,9 +99,9 @@ def main():
   st.set_page_config(page_title="jaxcap", layout="wide")
   st.title("jaxcap: image captioning")
   with st.sidebar:
-    path = st.text_input("checkpoint (a training workdir)", value=cli_checkpoint())
+    path = st.text_input("checkpoint (a training workdir)", value=cli_checkpoint(), key="checkpoint")
     beam = st.slider("beam width", 1, 8, 3)
-    alpha = st.slider("length penalty alpha", 0.0, 2.0, 0.0, 0.1)
+    alpha = st.slider("length penalty alpha", 0.0, 2.0, 0.5, 0.1)
     max_len = st.slider("maximum length", 5, 30, 20)
   if not path:
     st.info("No checkpoint yet. Train one in one command, `python train.py` (synthetic data, a few minutes), "

@@ -20,7 +20,9 @@ config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(os.path.a
                                 "Config file (a .py with get_config()); fields overridable as --config.FIELD=v")
 flags.DEFINE_string("workdir", None, "Checkpoints, vocabulary, config and metrics go here "
                     "(default: workdirs/<config name>)")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (else from the cluster env)")
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize(), which finds its peers "
+                  "from the cluster environment (Cloud TPU, SLURM, ...)")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0")
 
@@ -32,7 +34,7 @@ def main(argv):
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
 
-  if FLAGS.coordinator_address or FLAGS.num_processes:
+  if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from jaxcap import pretrained, train_lib
   from jaxcap.data import flickr8k

@@ -139,7 +139,10 @@ class Captioner:
     return out
 
   def warm_up(self, beam_sizes: Sequence[int] = (1, 3), max_len: int = 20) -> None:
-    """Compiles the encoder and decoders for batch 1, so the first real caption is not a compile."""
-    blank = np.zeros((1, self.preprocessing.size, self.preprocessing.size, 3), np.uint8)
+    """Compiles the encoder and decoders for batch 1 and runs the resize once (TF's first call is slow), so
+    the first real caption is not a compile."""
+    size = self.preprocessing.size
+    self.preprocess(np.zeros((size + 1, size + 1, 3), np.uint8))
+    blank = np.zeros((1, size, size, 3), np.uint8)
     for k in beam_sizes:
       self.caption_pixels(blank, k, max_len)

@@ -19,13 +19,10 @@ APP = os.path.join(ROOT, "serve_app.py")
 ARTIFACTS = os.environ.get("JAXCAP_TEST_ARTIFACTS", os.path.join(ROOT, "artifacts"))
 
 
-def _app(checkpoint):
-  os.environ["JAXCAP_CHECKPOINT"] = checkpoint
-  try:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-  finally:
-    del os.environ["JAXCAP_CHECKPOINT"]
+def _app(checkpoint, monkeypatch):
+  monkeypatch.setenv("JAXCAP_CHECKPOINT", checkpoint)  # what `-- --checkpoint` sets, for every rerun
+  at = AppTest.from_file(APP, default_timeout=180)
+  at.run()
   return at
 
 
@@ -36,9 +33,9 @@ def test_page_without_checkpoint_says_how_to_make_one():
   assert "python train.py" in at.info[0].value
 
 
-def test_upload_gets_captions_and_a_bad_file_gets_its_message(trained):  # noqa: F811
+def test_upload_gets_captions_and_a_bad_file_gets_its_message(trained, monkeypatch):  # noqa: F811
   workdir, cfg = trained
-  at = _app(workdir)
+  at = _app(workdir, monkeypatch)
   assert not at.exception
   good = open(os.path.join(cfg.data.synthetic_dir, "Images", "synth_00003.jpg"), "rb").read()
   at.file_uploader[0].set_value([("shapes.jpg", good, "image/jpeg"), ("broken.png", b"\x89PNG garbage", "image/png"),
@@ -80,16 +77,19 @@ def test_browser_upload_shows_caption(trained, tmp_path):  # noqa: F811
     with sync_playwright() as p:
       browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
           "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"])
+          "--disable-component-update", "--no-first-run"])  # playwright: a fresh temporary profile
       page = browser.new_page(viewport={"width": 1200, "height": 900})
       page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
       page.wait_for_selector("input[type=file]", state="attached", timeout=180_000)
       page.set_input_files("input[type=file]", str(image))
       caption = page.wait_for_selector("strong", timeout=120_000).inner_text()
+      page.wait_for_function("[...document.images].every(i => i.complete)", timeout=30_000)
       os.makedirs(ARTIFACTS, exist_ok=True)
       page.screenshot(path=os.path.join(ARTIFACTS, "browser_upload.png"), full_page=True)
       browser.close()
-    assert len(caption.split()) >= 2
+    from jaxcap.inference import Captioner
+    [want] = Captioner.load(workdir).caption([str(image)], beam_size=3, alpha=0.5)  # the app's defaults
+    assert caption == want.caption
   finally:
     server.terminate()
     server.wait(timeout=30)

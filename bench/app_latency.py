@@ -1,0 +1,88 @@
+"""The Streamlit app in headless Chromium: time from upload to caption, and a screenshot.
+
+    python bench/app_latency.py --checkpoint workdirs/flickr8k_lite0 --data_dir ../shared/data/flickr8k \
+        [--uploads 5] [--screenshot docs/app_screenshot.png]
+
+Starts `streamlit run serve_app.py` on a free localhost port, waits for the model to load, then uploads
+test-split photos one at a time and measures, in the browser, the seconds from the upload until the caption is
+on the page (greedy + beam 3 + attention view rendered), one photo per fresh page. Prints one JSON object with the median and the
+captions; keeps a screenshot of the first photo. Needs Debian's chromium and playwright (requirements.txt).
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--checkpoint", required=True)
+  p.add_argument("--data_dir", default="../shared/data/flickr8k")
+  p.add_argument("--uploads", type=int, default=5)
+  p.add_argument("--screenshot", default=os.path.join(ROOT, "docs", "app_screenshot.png"))
+  a = p.parse_args()
+  from playwright.sync_api import sync_playwright
+
+  from jaxcap.data import flickr8k
+
+  src = flickr8k.scan(a.data_dir, check_images=False)
+  photos = [os.path.join(src.images_dir, n) for n in src.splits["test"][: a.uploads]]
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", os.path.join(ROOT, "serve_app.py"),
+                             "--server.port", str(port), "--server.address", "127.0.0.1", "--",
+                             "--checkpoint", a.checkpoint], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  times, captions = [], []
+  try:
+    for _ in range(240):
+      try:
+        if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
+          break
+      except OSError:
+        time.sleep(0.5)
+    with sync_playwright() as pw:
+      browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=[
+          "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+          "--disable-component-update", "--no-first-run"])  # playwright: a fresh temporary profile
+      page = browser.new_page(viewport={"width": 1300, "height": 1000})
+      for i, photo in enumerate(photos):
+        # A fresh session per photo (the model stays loaded: st.cache_resource), so each time is one photo's.
+        page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+        page.wait_for_selector("input[type=file]", state="attached", timeout=300_000)
+        t0 = time.perf_counter()
+        page.set_input_files("input[type=file]", photo)
+        page.wait_for_function(
+            "() => document.querySelectorAll('strong').length >= 1 && [...document.images].every(i => i.complete)",
+            timeout=120_000)
+        page.wait_for_timeout(200)
+        times.append(time.perf_counter() - t0)
+        captions.append({"photo": os.path.basename(photo),
+                         "caption": page.query_selector("strong").inner_text()})
+        if i == 0:  # the screenshot, once the photo and the heat map have loaded
+          page.wait_for_function("document.querySelectorAll('img').length >= 2 && "
+                                 "[...document.images].every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+          page.wait_for_timeout(500)
+          os.makedirs(os.path.dirname(os.path.abspath(a.screenshot)), exist_ok=True)
+          page.screenshot(path=a.screenshot, full_page=True)
+      browser.close()
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+  print(json.dumps({"bench": "app_upload_to_caption", "uploads": len(times),
+                    "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+                    "times_s": times, "captions": captions, "screenshot": a.screenshot}))
+
+
+if __name__ == "__main__":
+  main()

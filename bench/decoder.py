@@ -1,0 +1,172 @@
+"""Decoder benchmarks on cached features, jaxcap vs the common PyTorch Show-Attend-Tell, in one run.
+
+    python bench/decoder.py [--repeats 7] [--skip_torch]
+
+Sizes as the issue fixes them: attention/embedding/LSTM 512, vocabulary 3000, 7x7x1280 frozen features.
+- train step (forward + backward + AdamW update), attend mode, length 22, batch 32 and 64: captions/s, compile
+  time, FLOP/s from XLA's cost analysis and from a hand count of the math the step needs, over the measured
+  2048^2 f32 matmul peak;
+- beam search: ms per image at batch 1 (beam 3 and 5, after warm-up), images/s at batch 64, the 1000-image
+  test split (beam 3) decoder-only time, compile times; greedy likewise.
+The PyTorch baseline (bench/torch_sat.py) runs with as many threads as cores. Prints one JSON object.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import emit, machine, timeit  # noqa: E402
+
+V, E, H, A, N, C = 3000, 512, 512, 512, 49, 1280
+
+
+def needed_train_gflop(b: int, t: int) -> float:
+  """Multiply-adds x2 of the math, forward; backward counted as 2x forward (3x in all)."""
+  per_step = (H * (A + C)            # query + gate from h
+              + N * A                # score: energy . w
+              + N * C                # context
+              + (C + H) * 4 * H      # LSTM from [context, h]
+              + E * 4 * H            # embedding gate term (hoisted, same count)
+              + (H + C) * V)         # output projection from [h; context] (hoisted, same count)
+  per_image = N * C * A + 2 * C * H  # attention projection of the grid once, init_h / init_c
+  return 3 * 2 * b * (t * per_step + per_image) / 1e9
+
+
+def jax_train_step(b: int, t: int, repeats: int):
+  import jax
+  import jax.numpy as jnp
+
+  from bench.flops import compiled_flops
+  from configs import default
+  from jaxcap import train_lib
+  from jaxcap.models.captioner import make_captioner
+
+  cfg = default.get_config()
+  cfg.model.encoder, cfg.model.pretrained, cfg.model.image_size = "small_cnn", "", 32
+  cfg.train.regime = "cached"
+  cap = make_captioner(cfg.model, V)
+  variables = train_lib.init_variables(cap, cfg, jax.random.PRNGKey(0))
+  tx = train_lib.make_optimizer(cfg, 10_000)
+  state = jax.device_put(train_lib.create_state(variables, tx, 0))
+  rng = np.random.default_rng(0)
+  batch = {"grid": jnp.asarray(rng.normal(size=(b, 7, 7, C)), jnp.float16),
+           "tokens": jnp.asarray(rng.integers(4, V, (b, t + 1)), jnp.int32),
+           "mask": jnp.ones((b, t + 1), jnp.float32)}
+  step = train_lib.make_train_step(cap, cfg, tx, train_encoder=False)
+  fn = jax.jit(step, donate_argnums=0)
+  t0 = time.perf_counter()
+  state, m = fn(state, batch)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  holder = {"state": state}
+
+  def run():
+    holder["state"], m = fn(holder["state"], batch)
+    jax.block_until_ready(m)
+
+  r = timeit(run, repeats=repeats)
+  xla_flops = compiled_flops(step, holder["state"], batch)
+  return r, compile_s, xla_flops
+
+
+def torch_train_step(b: int, t: int, repeats: int):
+  import torch
+
+  from bench.torch_sat import DecoderWithAttention, train_step
+  torch.manual_seed(0)
+  model = DecoderWithAttention(V).train()
+  opt = torch.optim.Adam(model.parameters(), lr=4e-4)
+  enc = torch.randn(b, N, C)
+  caps = torch.randint(4, V, (b, t + 1))
+  lengths = torch.full((b,), t + 1)
+  return timeit(lambda: train_step(model, opt, enc, caps, lengths), repeats=repeats)
+
+
+def jax_decode(repeats: int):
+  import jax
+  import jax.numpy as jnp
+
+  from jaxcap import decode
+  from jaxcap.models.decoder import Decoder
+  dec = Decoder(vocab_size=V, mode="attend", embed_dim=E, hidden_dim=H, attention_dim=A, dropout=0.0)
+  rng = np.random.default_rng(0)
+  params = dec.init(jax.random.key(0), jnp.zeros((1, 7, 7, C)), jnp.zeros((1, 2), jnp.int32))["params"]
+  params["out"]["bias"] = params["out"]["bias"].at[2].add(-1e4)  # never <end>: every call runs all 20 steps
+  out = {}
+  for name, b, k in (("greedy_b1", 1, 1), ("beam3_b1", 1, 3), ("beam5_b1", 1, 5), ("greedy_b64", 64, 1),
+                     ("beam3_b64", 64, 3), ("beam5_b64", 64, 5), ("beam3_b50", 50, 3)):
+    grid = jnp.asarray(rng.normal(size=(b, 7, 7, C)), jnp.float32)
+    if k == 1:
+      f = lambda g: decode.greedy(dec, params, g, 20)  # noqa: E731
+    else:
+      f = lambda g, k=k: decode.beam_search(dec, params, g, k, 20, 0.0)  # noqa: E731
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(grid))
+    compile_s = time.perf_counter() - t0
+    r = timeit(lambda: jax.block_until_ready(f(grid)), repeats=repeats)
+    out[name] = {"ms_per_image": 1000 * r["median_s"] / b, "images_per_s": b / r["median_s"],
+                 "compile_s": compile_s, **r}
+  out["test_split_1000_images_beam3_s"] = 1000 / out["beam3_b50"]["images_per_s"]
+  return out
+
+
+def torch_decode(repeats: int):
+  import torch
+
+  from bench.torch_sat import DecoderWithAttention, beam_search_one
+  torch.manual_seed(0)
+  model = DecoderWithAttention(V).eval()
+  with torch.no_grad():
+    model.fc.bias[2] -= 1e4  # never <end>, as for jaxcap: 20 steps every time
+  enc = torch.randn(1, N, C)
+  out = {}
+  for k in (3, 5):
+    r = timeit(lambda: beam_search_one(model, enc, k, 1, 2, max_len=19), repeats=repeats)
+    out[f"beam{k}_b1"] = {"ms_per_image": 1000 * r["median_s"], "images_per_s": 1 / r["median_s"], **r}
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--length", type=int, default=22)
+  p.add_argument("--skip_torch", action="store_true")
+  a = p.parse_args()
+  import torch
+
+  from bench.flops import matmul_peak
+  torch.set_num_threads(os.cpu_count())
+  peak = matmul_peak()
+  result = {"bench": "decoder", "sizes": {"vocab": V, "embed": E, "hidden": H, "attention": A, "grid": "7x7x1280"},
+            "matmul_peak_gflops": peak / 1e9, "torch_threads": torch.get_num_threads(), "train_step": {}}
+  for b in (32, 64):
+    r, compile_s, xla_flops = jax_train_step(b, a.length, a.repeats)
+    need = needed_train_gflop(b, a.length)
+    entry = {"jaxcap": {"captions_per_s": b / r["median_s"], "captions_per_s_min": b / r["max_s"],
+                        "captions_per_s_max": b / r["min_s"], "compile_s": compile_s,
+                        "xla_gflop": xla_flops / 1e9, "needed_gflop": need,
+                        "needed_flops_share_of_peak": need * 1e9 / r["median_s"] / peak,
+                        "xla_flops_share_of_peak": xla_flops / r["median_s"] / peak}}
+    if not a.skip_torch:
+      tr = torch_train_step(b, a.length, max(3, a.repeats // 2))
+      entry["pytorch"] = {"captions_per_s": b / tr["median_s"], "captions_per_s_min": b / tr["max_s"],
+                          "captions_per_s_max": b / tr["min_s"]}
+      entry["ratio"] = entry["jaxcap"]["captions_per_s"] / entry["pytorch"]["captions_per_s"]
+    result["train_step"][f"batch{b}_len{a.length}"] = entry
+  result["decode"] = {"jaxcap": jax_decode(a.repeats)}
+  if not a.skip_torch:
+    td = torch_decode(max(3, a.repeats // 2))
+    result["decode"]["pytorch"] = td
+    for k in (3, 5):
+      result["decode"][f"ratio_beam{k}_b1_latency"] = (td[f"beam{k}_b1"]["ms_per_image"] /
+                                                        result["decode"]["jaxcap"][f"beam{k}_b1"]["ms_per_image"])
+  result["machine"] = machine()
+  emit(result)
+
+
+if __name__ == "__main__":
+  main()
