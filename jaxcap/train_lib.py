@@ -363,8 +363,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- checkpoints: resume if the workdir has one
   ckpt = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
                                options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints, create=True))
+  # Both managers may save at the same step: their multi-process barriers need distinct names.
   best_ckpt = ocp.CheckpointManager(os.path.join(workdir, "best"), options=ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=True, best_fn=lambda m: m["bleu4"], best_mode="max"))
+      max_to_keep=1, create=True, best_fn=lambda m: m["bleu4"], best_mode="max",
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best")))
   state = create_state(variables, tx, config.seed)
   start = ckpt.latest_step()
   best_bleu4 = -1.0
