@@ -50,6 +50,9 @@ def jax_train_step(b: int, t: int, repeats: int):
   cfg.train.regime = "cached"
   cap = make_captioner(cfg.model, V)
   variables = train_lib.init_variables(cap, cfg, jax.random.PRNGKey(0))
+  # The decoder as it is for 7x7x1280 Lite0 features (the small encoder only fills the state's slot).
+  variables["params"]["decoder"] = cap.decoder.init(jax.random.PRNGKey(1), jnp.zeros((1, 7, 7, C)),
+                                                    jnp.zeros((1, 2), jnp.int32))["params"]
   tx = train_lib.make_optimizer(cfg, 10_000)
   state = jax.device_put(train_lib.create_state(variables, tx, 0))
   rng = np.random.default_rng(0)
