@@ -24,3 +24,19 @@ def machine() -> dict:
 
 def emit(result: dict) -> None:
   print(json.dumps(result))
+
+
+def time_train_step(step, state, batch, repeats: int):
+  """(timing, compile seconds, final state) of a jitted, state-donating step(state, batch) -> (state, metrics)."""
+  import jax
+  t0 = time.perf_counter()
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = step(holder["state"], batch)
+    jax.block_until_ready(metrics)
+
+  return timeit(run, repeats=repeats), compile_s, holder["state"]

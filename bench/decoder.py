@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import emit, machine, timeit  # noqa: E402
+from bench.common import emit, machine, time_train_step, timeit  # noqa: E402
 
 V, E, H, A, N, C = 3000, 512, 512, 512, 49, 1280
 
@@ -60,19 +60,8 @@ def jax_train_step(b: int, t: int, repeats: int):
            "tokens": jnp.asarray(rng.integers(4, V, (b, t + 1)), jnp.int32),
            "mask": jnp.ones((b, t + 1), jnp.float32)}
   step = train_lib.make_train_step(cap, cfg, tx, train_encoder=False)
-  fn = jax.jit(step, donate_argnums=0)
-  t0 = time.perf_counter()
-  state, m = fn(state, batch)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  holder = {"state": state}
-
-  def run():
-    holder["state"], m = fn(holder["state"], batch)
-    jax.block_until_ready(m)
-
-  r = timeit(run, repeats=repeats)
-  xla_flops = compiled_flops(step, holder["state"], batch)
+  r, compile_s, state = time_train_step(jax.jit(step, donate_argnums=0), state, batch, repeats)
+  xla_flops = compiled_flops(step, state, batch)
   return r, compile_s, xla_flops
 
 

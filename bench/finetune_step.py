@@ -9,11 +9,10 @@ deliver well over what the step consumes. Also the step's compile time. Prints o
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import emit, machine, timeit  # noqa: E402
+from bench.common import emit, machine, time_train_step, timeit  # noqa: E402
 
 
 def main():
@@ -45,17 +44,7 @@ def main():
                               preprocessing=cap.encoder.preprocessing, augment=True)
   step = jax.jit(train_lib.make_train_step(cap, cfg, tx, train_encoder=True), donate_argnums=0)
   batch = jax.device_put(next(it))
-  t0 = time.perf_counter()
-  state, m = step(state, batch)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  holder = {"state": state}
-
-  def run_step():
-    holder["state"], m = step(holder["state"], batch)
-    jax.block_until_ready(m)
-
-  r_step = timeit(run_step, repeats=a.repeats)
+  r_step, compile_s, _ = time_train_step(step, state, batch, a.repeats)
   n_batches = 20
   r_pipe = timeit(lambda: [next(it) for _ in range(n_batches)], repeats=a.repeats)
   step_ips = a.batch_size / r_step["median_s"]
