@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.5
   # Dropout on the word embeddings.
   c.model.embed_dropout = 0.0
+  # Xu et al.'s deep output layer (tanh(L [h; context] + E y_prev), embed_dim wide) before the vocabulary.
+  c.model.deep_output = False
   # Compute dtype: float32, or bfloat16 on accelerators (parameters and optimizer state stay float32).
   c.model.dtype = "float32"
   # Depthwise conv kernel: auto (shifted slices on CPU, library conv elsewhere) | shifted | conv.

@@ -35,7 +35,6 @@ def main(argv=None) -> int:
   p.add_argument("--no_meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
   a = p.parse_args(argv)
 
-  import jax
   import jax.numpy as jnp
 
   import jaxcap.data as data_lib

@@ -1,5 +1,4 @@
 """The Streamlit app: AppTest (in process) and a real headless Chromium driving a real server."""
-import io
 import os
 import shutil
 import socket

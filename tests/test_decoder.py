@@ -8,16 +8,17 @@ from jaxcap.data import vocab as V
 from jaxcap.models.decoder import Decoder
 
 
-def _setup(mode, vocab_size=12):
-  d = Decoder(vocab_size=vocab_size, mode=mode, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.0)
+def _setup(mode, vocab_size=12, deep_output=False):
+  d = Decoder(vocab_size=vocab_size, mode=mode, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.0,
+              deep_output=deep_output)
   grid = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2, 3, 10)), jnp.float32)
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, vocab_size, (3, 6)), jnp.int32)
   return d, grid, tokens, d.init(jax.random.key(0), grid, tokens)
 
 
-@pytest.mark.parametrize("mode", ["attend", "show_tell"])
-def test_single_step_shares_parameters_with_scan(mode):
-  d, grid, tokens, v = _setup(mode)
+@pytest.mark.parametrize("mode,deep_output", [("attend", False), ("show_tell", False), ("attend", True)])
+def test_single_step_shares_parameters_with_scan(mode, deep_output):
+  d, grid, tokens, v = _setup(mode, deep_output=deep_output)
   logits, alphas = d.apply(v, grid, tokens)
   assert logits.shape == (3, 6, 12)
   state = d.apply(v, grid, method=Decoder.init_state)

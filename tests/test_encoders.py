@@ -1,4 +1,3 @@
-import os
 
 import jax
 import jax.numpy as jnp

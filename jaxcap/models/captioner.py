@@ -34,5 +34,6 @@ def make_captioner(model_config, vocab_size: int) -> Captioner:
                               depthwise_impl=model_config.get("depthwise_impl", "auto"))
   dec = Decoder(vocab_size=vocab_size, mode=model_config.decoder_mode, embed_dim=model_config.embed_dim,
                 hidden_dim=model_config.hidden_dim, attention_dim=model_config.attention_dim,
-                dropout=model_config.dropout, embed_dropout=model_config.get("embed_dropout", 0.0), dtype=dtype)
+                dropout=model_config.dropout, embed_dropout=model_config.get("embed_dropout", 0.0),
+                deep_output=model_config.get("deep_output", False), dtype=dtype)
   return Captioner(enc, dec)

@@ -73,6 +73,9 @@ class Decoder(nn.Module):
   attention_dim: int = 512
   dropout: float = 0.5          # on the LSTM output (and context) before the vocabulary projection
   embed_dropout: float = 0.0    # on the word embeddings
+  # Xu et al.'s deep output: logits = L_o(tanh(L_hz [h; z] + E y_prev)), an embed_dim-wide layer before the
+  # vocabulary projection (3.5x less output work than projecting [h; z] directly).
+  deep_output: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -87,6 +90,8 @@ class Decoder(nn.Module):
       self.cell = AttendCell(self.hidden_dim, self.attention_dim, self.dtype, name="cell")
     else:
       self.cell = ShowTellCell(self.hidden_dim, self.dtype, name="cell")
+    if self.deep_output:
+      self.deep = nn.Dense(self.embed_dim, dtype=self.dtype, name="deep")
     self.out = nn.Dense(self.vocab_size, dtype=self.dtype, name="out")
     self.drop = nn.Dropout(self.dropout)
     self.embed_drop = nn.Dropout(self.embed_dropout)
@@ -103,7 +108,8 @@ class Decoder(nn.Module):
   def __call__(self, grid, tokens, train: bool = False):
     """Teacher-forced logits [B, T, V] and attention weights [B, T, N] for input tokens [B, T]."""
     feats, att_feats, carry = self.init_state(grid)
-    x = self.embed_drop(self.embed(tokens), deterministic=not train)
+    emb = self.embed(tokens)
+    x = self.embed_drop(emb, deterministic=not train)
     x_gates = self.embed_gates(x.astype(self.dtype))                                # [B, T, 4H]
 
     def body(cell, carry, x_t, feats, att_feats):
@@ -112,12 +118,20 @@ class Decoder(nn.Module):
     scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=(1, nn.broadcast, nn.broadcast), out_axes=1)
     _, (outs, alphas) = scan(self.cell, carry, x_gates, feats, att_feats)
+    outs = self._pre_logits(outs, emb)
     logits = self.out(self.drop(outs, deterministic=not train).astype(self.dtype))
     return logits.astype(jnp.float32), alphas
 
   def step(self, state, tokens):
     """One decoding step. state = (feats, att_feats, carry); tokens [B] -> (logits [B, V], alpha, state)."""
     feats, att_feats, carry = state
-    x_gates = self.embed_gates(self.embed(tokens).astype(self.dtype))
+    emb = self.embed(tokens)
+    x_gates = self.embed_gates(emb.astype(self.dtype))
     carry, (out, alpha) = self.cell(carry, x_gates, feats, att_feats)
+    out = self._pre_logits(out, emb)
     return self.out(out.astype(self.dtype)).astype(jnp.float32), alpha, (feats, att_feats, carry)
+
+  def _pre_logits(self, outs, emb):
+    if not self.deep_output:
+      return outs
+    return jnp.tanh((self.deep(outs.astype(self.dtype)) + emb.astype(self.dtype)).astype(jnp.float32))
