@@ -101,7 +101,7 @@ def main():
   with st.sidebar:
     path = st.text_input("checkpoint (a training workdir)", value=cli_checkpoint(), key="checkpoint")
     beam = st.slider("beam width", 1, 8, 3)
-    alpha = st.slider("length penalty alpha", 0.0, 2.0, 0.5, 0.1)
+    alpha = st.slider("length penalty alpha", 0.0, 2.0, 1.0, 0.1)
     max_len = st.slider("maximum length", 5, 30, 20)
   if not path:
     st.info("No checkpoint yet. Train one in one command, `python train.py` (synthetic data, a few minutes), "

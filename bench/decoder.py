@@ -24,19 +24,20 @@ from bench.common import emit, machine, time_train_step, timeit  # noqa: E402
 V, E, H, A, N, C = 3000, 512, 512, 512, 49, 1280
 
 
-def needed_train_gflop(b: int, t: int) -> float:
+def needed_train_gflop(b: int, t: int, deep_output: bool = False) -> float:
   """Multiply-adds x2 of the math, forward; backward counted as 2x forward (3x in all)."""
+  out = (H + C) * E + E * V if deep_output else (H + C) * V
   per_step = (H * (A + C)            # query + gate from h
               + N * A                # score: energy . w
               + N * C                # context
               + (C + H) * 4 * H      # LSTM from [context, h]
               + E * 4 * H            # embedding gate term (hoisted, same count)
-              + (H + C) * V)         # output projection from [h; context] (hoisted, same count)
+              + out)                 # output layer(s) from [h; context] (hoisted, same count)
   per_image = N * C * A + 2 * C * H  # attention projection of the grid once, init_h / init_c
   return 3 * 2 * b * (t * per_step + per_image) / 1e9
 
 
-def jax_train_step(b: int, t: int, repeats: int):
+def jax_train_step(b: int, t: int, repeats: int, deep_output: bool):
   import jax
   import jax.numpy as jnp
 
@@ -48,6 +49,7 @@ def jax_train_step(b: int, t: int, repeats: int):
   cfg = default.get_config()
   cfg.model.encoder, cfg.model.pretrained, cfg.model.image_size = "small_cnn", "", 32
   cfg.train.regime = "cached"
+  cfg.model.deep_output = deep_output
   cap = make_captioner(cfg.model, V)
   variables = train_lib.init_variables(cap, cfg, jax.random.PRNGKey(0))
   # The decoder as it is for 7x7x1280 Lite0 features (the small encoder only fills the state's slot).
@@ -78,13 +80,14 @@ def torch_train_step(b: int, t: int, repeats: int):
   return timeit(lambda: train_step(model, opt, enc, caps, lengths), repeats=repeats)
 
 
-def jax_decode(repeats: int):
+def jax_decode(repeats: int, deep_output: bool):
   import jax
   import jax.numpy as jnp
 
   from jaxcap import decode
   from jaxcap.models.decoder import Decoder
-  dec = Decoder(vocab_size=V, mode="attend", embed_dim=E, hidden_dim=H, attention_dim=A, dropout=0.0)
+  dec = Decoder(vocab_size=V, mode="attend", embed_dim=E, hidden_dim=H, attention_dim=A, dropout=0.0,
+                deep_output=deep_output)
   rng = np.random.default_rng(0)
   params = dec.init(jax.random.key(0), jnp.zeros((1, 7, 7, C)), jnp.zeros((1, 2), jnp.int32))["params"]
   params["out"]["bias"] = params["out"]["bias"].at[2].add(-1e4)  # never <end>: every call runs all 20 steps
@@ -127,17 +130,18 @@ def main():
   p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--length", type=int, default=22)
   p.add_argument("--skip_torch", action="store_true")
+  p.add_argument("--deep_output", action="store_true", help="decoder with Xu et al.'s deep output layer")
   a = p.parse_args()
   import torch
 
   from bench.flops import matmul_peak
   torch.set_num_threads(os.cpu_count())
   peak = matmul_peak()
-  result = {"bench": "decoder", "sizes": {"vocab": V, "embed": E, "hidden": H, "attention": A, "grid": "7x7x1280"},
+  result = {"bench": "decoder", "deep_output": a.deep_output, "sizes": {"vocab": V, "embed": E, "hidden": H, "attention": A, "grid": "7x7x1280"},
             "matmul_peak_gflops": peak / 1e9, "torch_threads": torch.get_num_threads(), "train_step": {}}
   for b in (32, 64):
-    r, compile_s, xla_flops = jax_train_step(b, a.length, a.repeats)
-    need = needed_train_gflop(b, a.length)
+    r, compile_s, xla_flops = jax_train_step(b, a.length, a.repeats, a.deep_output)
+    need = needed_train_gflop(b, a.length, a.deep_output)
     entry = {"jaxcap": {"captions_per_s": b / r["median_s"], "captions_per_s_min": b / r["max_s"],
                         "captions_per_s_max": b / r["min_s"], "compile_s": compile_s,
                         "xla_gflop": xla_flops / 1e9, "needed_gflop": need,
@@ -149,7 +153,7 @@ def main():
                           "captions_per_s_max": b / tr["min_s"]}
       entry["ratio"] = entry["jaxcap"]["captions_per_s"] / entry["pytorch"]["captions_per_s"]
     result["train_step"][f"batch{b}_len{a.length}"] = entry
-  result["decode"] = {"jaxcap": jax_decode(a.repeats)}
+  result["decode"] = {"jaxcap": jax_decode(a.repeats, a.deep_output)}
   if not a.skip_torch:
     td = torch_decode(max(3, a.repeats // 2))
     result["decode"]["pytorch"] = td

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m jaxcap.caption", description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, help="workdir (its best checkpoint) or a step directory")
   p.add_argument("--beam", type=int, default=3, help="beam size; 1 = greedy")
-  p.add_argument("--alpha", type=float, default=0.5, help="length penalty exponent (0.5: best on Flickr8k dev)")
+  p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (1.0: best on Flickr8k dev)")
   p.add_argument("--max_len", type=int, default=20)
   p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--format", choices=("text", "jsonl", "csv"), default="text")

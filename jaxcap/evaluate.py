@@ -27,7 +27,7 @@ def main(argv=None) -> int:
   p.add_argument("--data_dir", default=None, help="dataset folder (default: the one in the checkpoint's config)")
   p.add_argument("--split", default="test", choices=("train", "dev", "test"))
   p.add_argument("--beam", type=int, default=3, help="beam size; 1 = greedy")
-  p.add_argument("--alphas", type=float, nargs="+", default=[0.5], help="length penalty exponent(s); 0.5 was best on Flickr8k dev")
+  p.add_argument("--alphas", type=float, nargs="+", default=[1.0], help="length penalty exponent(s); 1.0 was best on Flickr8k dev")
   p.add_argument("--max_len", type=int, default=20)
   p.add_argument("--batch_size", type=int, default=50)
   p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")

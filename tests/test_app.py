@@ -87,7 +87,7 @@ def test_browser_upload_shows_caption(trained, tmp_path):  # noqa: F811
       page.screenshot(path=os.path.join(ARTIFACTS, "browser_upload.png"), full_page=True)
       browser.close()
     from jaxcap.inference import Captioner
-    [want] = Captioner.load(workdir).caption([str(image)], beam_size=3, alpha=0.5)  # the app's defaults
+    [want] = Captioner.load(workdir).caption([str(image)], beam_size=3, alpha=1.0)  # the app's defaults
     assert caption == want.caption
   finally:
     server.terminate()
