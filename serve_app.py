@@ -53,16 +53,22 @@ def heat_overlay(pixels: np.ndarray, attention: np.ndarray) -> np.ndarray:
   return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def sample_images(cap: Captioner, n: int = 4) -> list[tuple[str, bytes]]:
-  """A few test-split photos of the dataset the checkpoint was trained on, when it is on this machine."""
-  import jaxcap.data as data_lib
+@st.cache_data(show_spinner=False)
+def _sample_images(data_dir: str, n: int) -> list[tuple[str, bytes]]:
   from jaxcap.data import flickr8k
   try:
-    src = flickr8k.scan(data_lib.resolve_data_dir(cap.config.data), check_images=False)
+    src = flickr8k.scan(data_dir, check_images=False)
   except flickr8k.DataError:
     return []
   names = src.splits["test"][:n]
-  return [(n, open(os.path.join(src.images_dir, n), "rb").read()) for n in names]
+  return [(name, open(os.path.join(src.images_dir, name), "rb").read()) for name in names]
+
+
+def sample_images(cap: Captioner, n: int = 4) -> list[tuple[str, bytes]]:
+  """A few test-split photos of the dataset the checkpoint was trained on, when it is on this machine (read
+  once per dataset folder, not on every rerun)."""
+  import jaxcap.data as data_lib
+  return _sample_images(data_lib.resolve_data_dir(cap.config.data), n)
 
 
 def show_result(name: str, data: bytes, cap: Captioner, beam: int, alpha: float, max_len: int, rows: list):

@@ -37,11 +37,11 @@ def needed_train_gflop(b: int, t: int, deep_output: bool = False) -> float:
   return 3 * 2 * b * (t * per_step + per_image) / 1e9
 
 
-def jax_train_step(b: int, t: int, repeats: int, deep_output: bool):
+def make_jax_train_step(b: int, t: int, deep_output: bool):
+  """(train_step, state, batch): the shipped trainer's step for the 7x7x1280 decoder, batch b, length t."""
   import jax
   import jax.numpy as jnp
 
-  from bench.flops import compiled_flops
   from configs import default
   from jaxcap import train_lib
   from jaxcap.models.captioner import make_captioner
@@ -61,7 +61,14 @@ def jax_train_step(b: int, t: int, repeats: int, deep_output: bool):
   batch = {"grid": jnp.asarray(rng.normal(size=(b, 7, 7, C)), jnp.float16),
            "tokens": jnp.asarray(rng.integers(4, V, (b, t + 1)), jnp.int32),
            "mask": jnp.ones((b, t + 1), jnp.float32)}
-  step = train_lib.make_train_step(cap, cfg, tx, train_encoder=False)
+  return train_lib.make_train_step(cap, cfg, tx, train_encoder=False), state, batch
+
+
+def jax_train_step(b: int, t: int, repeats: int, deep_output: bool):
+  import jax
+
+  from bench.flops import compiled_flops
+  step, state, batch = make_jax_train_step(b, t, deep_output)
   r, compile_s, state = time_train_step(jax.jit(step, donate_argnums=0), state, batch, repeats)
   xla_flops = compiled_flops(step, state, batch)
   return r, compile_s, xla_flops
@@ -80,17 +87,19 @@ def torch_train_step(b: int, t: int, repeats: int):
   return timeit(lambda: train_step(model, opt, enc, caps, lengths), repeats=repeats)
 
 
-def jax_decode(repeats: int, deep_output: bool):
+def jax_decode(repeats: int, deep_output: bool, dtype: str = "float32"):
   import jax
   import jax.numpy as jnp
 
+  from bench.flops import memory_bandwidth
   from jaxcap import decode
   from jaxcap.models.decoder import Decoder
   dec = Decoder(vocab_size=V, mode="attend", embed_dim=E, hidden_dim=H, attention_dim=A, dropout=0.0,
-                deep_output=deep_output)
+                deep_output=deep_output, dtype=jnp.dtype(dtype))
   rng = np.random.default_rng(0)
   params = dec.init(jax.random.key(0), jnp.zeros((1, 7, 7, C)), jnp.zeros((1, 2), jnp.int32))["params"]
   params["out"]["bias"] = params["out"]["bias"].at[2].add(-1e4)  # never <end>: every call runs all 20 steps
+  params = jax.tree.map(lambda x: x.astype(dtype), params)  # weights stored in the compute dtype
   out = {}
   for name, b, k in (("greedy_b1", 1, 1), ("beam3_b1", 1, 3), ("beam5_b1", 1, 5), ("greedy_b64", 64, 1),
                      ("beam3_b64", 64, 3), ("beam5_b64", 64, 5), ("beam3_b50", 50, 3)):
@@ -106,6 +115,34 @@ def jax_decode(repeats: int, deep_output: bool):
     out[name] = {"ms_per_image": 1000 * r["median_s"] / b, "images_per_s": b / r["median_s"],
                  "compile_s": compile_s, **r}
   out["test_split_1000_images_beam3_s"] = 1000 / out["beam3_b50"]["images_per_s"]
+  # At batch 1 each step reads every weight the step uses once and does little arithmetic: the floor is
+  # weight bytes x steps / memory bandwidth (the embedding table is gathered, the per-image layers run once).
+  per_image = ("att_proj", "init_c", "init_h", "embed")
+  step_bytes = sum(x.nbytes for k, v in params.items() if k not in per_image for x in jax.tree.leaves(v))
+  bw = memory_bandwidth()
+  out["step_weight_mbytes"] = step_bytes / 1e6
+  out["memory_gbytes_per_s"] = bw / 1e9
+  out["batch1_floor_ms_20_steps"] = 1000 * 20 * step_bytes / bw
+  return out
+
+
+def low_precision_matvec(repeats: int) -> dict:
+  """The batch-1 LSTM matmul ([5, 1792] x [1792, 2048], beam 5) with f32, bf16 and int8 weights: whether
+  smaller weights (less memory traffic) pay on this machine's XLA:CPU."""
+  import jax
+  import jax.numpy as jnp
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(5, C + H)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(C + H, 4 * H)), jnp.float32)
+  w8, scale = jnp.asarray(rng.integers(-127, 128, w.shape), jnp.int8), jnp.ones((4 * H,), jnp.float32)
+  cases = {"f32": (jax.jit(lambda x, w: x @ w), (x, w)),
+           "bf16": (jax.jit(lambda x, w: jnp.dot(x.astype(jnp.bfloat16), w, preferred_element_type=jnp.float32)),
+                    (x, w.astype(jnp.bfloat16))),
+           "int8": (jax.jit(lambda x, w, s: (x @ w.astype(jnp.float32)) * s), (x, w8, scale))}
+  out = {}
+  for name, (f, args) in cases.items():
+    r = timeit(lambda: [f(*args) for _ in range(50)][-1].block_until_ready(), repeats=repeats)
+    out[f"{name}_ms"] = 1000 * r["median_s"] / 50
   return out
 
 
@@ -131,6 +168,8 @@ def main():
   p.add_argument("--length", type=int, default=22)
   p.add_argument("--skip_torch", action="store_true")
   p.add_argument("--deep_output", action="store_true", help="decoder with Xu et al.'s deep output layer")
+  p.add_argument("--decode_dtype", default="float32", help="decoder weights and compute for the decoding rows")
+  p.add_argument("--skip_train", action="store_true", help="decoding rows only")
   a = p.parse_args()
   import torch
 
@@ -139,7 +178,7 @@ def main():
   peak = matmul_peak()
   result = {"bench": "decoder", "deep_output": a.deep_output, "sizes": {"vocab": V, "embed": E, "hidden": H, "attention": A, "grid": "7x7x1280"},
             "matmul_peak_gflops": peak / 1e9, "torch_threads": torch.get_num_threads(), "train_step": {}}
-  for b in (32, 64):
+  for b in () if a.skip_train else (32, 64):
     r, compile_s, xla_flops = jax_train_step(b, a.length, a.repeats, a.deep_output)
     need = needed_train_gflop(b, a.length, a.deep_output)
     entry = {"jaxcap": {"captions_per_s": b / r["median_s"], "captions_per_s_min": b / r["max_s"],
@@ -153,7 +192,8 @@ def main():
                           "captions_per_s_max": b / tr["min_s"]}
       entry["ratio"] = entry["jaxcap"]["captions_per_s"] / entry["pytorch"]["captions_per_s"]
     result["train_step"][f"batch{b}_len{a.length}"] = entry
-  result["decode"] = {"jaxcap": jax_decode(a.repeats, a.deep_output)}
+  result["decode"] = {"jaxcap": jax_decode(a.repeats, a.deep_output, a.decode_dtype), "dtype": a.decode_dtype,
+                      "lstm_matvec_by_weight_dtype": low_precision_matvec(a.repeats)}
   if not a.skip_torch:
     td = torch_decode(max(3, a.repeats // 2))
     result["decode"]["pytorch"] = td

@@ -1,9 +1,9 @@
-"""FLOP counting and the machine's measured matmul peak, for achieved-FLOP/s figures."""
-import time
-
+"""FLOP counting, the machine's measured matmul peak and memory bandwidth, for achieved-rate figures."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bench.common import timeit
 
 
 def compiled_flops(fn, *args) -> float:
@@ -13,14 +13,18 @@ def compiled_flops(fn, *args) -> float:
   return float(cost.get("flops", float("nan")))
 
 
+def _median_s(f, x, repeats: int) -> float:
+  return timeit(lambda: f(x).block_until_ready(), repeats=repeats)["median_s"]
+
+
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
   """FLOP/s of a jitted n x n f32 matmul: the practical peak this machine reaches (median of repeats)."""
   a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n ** 3 / float(np.median(times))
+  return 2 * n ** 3 / _median_s(jax.jit(lambda a: a @ a), a, repeats)
+
+
+def memory_bandwidth(mbytes: int = 512, repeats: int = 10) -> float:
+  """Bytes/s of a jitted sum over an f32 array far larger than the caches: what a step that must read its
+  weights from memory can reach (median of repeats)."""
+  a = jnp.ones((mbytes * 2 ** 20 // 4,), jnp.float32)
+  return a.nbytes / _median_s(jax.jit(jnp.sum), a, repeats)

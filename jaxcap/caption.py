@@ -43,6 +43,7 @@ def main(argv=None) -> int:
 
   import numpy as np
 
+  from jaxcap.data.batching import pad_rows
   from jaxcap.data.images import ImageError
   from jaxcap.inference import Captioner, CheckpointError
 
@@ -80,11 +81,8 @@ def main(argv=None) -> int:
         errors[f] = str(e)
     captions = {}
     if pixels:
-      batch = np.stack(pixels)
-      n = len(batch)
-      if n < a.batch_size:  # one compiled shape per batch size
-        batch = np.concatenate([batch, np.zeros((a.batch_size - n,) + batch.shape[1:], batch.dtype)])
-      results = cap.caption_pixels(batch, a.beam, a.max_len, a.alpha)[:n]
+      batch = pad_rows(np.stack(pixels), a.batch_size)
+      results = cap.caption_pixels(batch, a.beam, a.max_len, a.alpha)[:len(pixels)]
       captions = {f: r.caption for f, r in zip(ok, results)}
     for f in chunk:  # input order
       if f in errors:

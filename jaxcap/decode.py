@@ -135,7 +135,8 @@ def beam_search(decoder: Decoder, params, grid: jax.Array, beam_size: int = 3, m
     live_lp, pick = jax.lax.top_k(live_scores, k)
     src = jnp.take_along_axis(beam, pick, 1)
     seqs, alphas = _gather(c_seqs, pick), _gather(c_alphas, pick)
-    state = _merge_beams(_gather(_split_beams(state, b, k), src))
+    # Only the LSTM carry follows its beam: the image's features are the same in all K rows.
+    state = state[:2] + (_merge_beams(_gather(_split_beams(state[2], b, k), src)),)
     last = jnp.take_along_axis(token, pick, 1)
     return t + 1, live_lp, seqs, alphas, state, last, fin_scores, fin_lp, fin_seqs, fin_alphas
 

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
   import jaxcap.data as data_lib
   from jaxcap import decode, metrics
-  from jaxcap.data import flickr8k, pipeline
+  from jaxcap.data import batching, flickr8k, pipeline
   from jaxcap.data.images import ImageError
   from jaxcap.inference import Captioner, CheckpointError
 
@@ -77,8 +77,7 @@ def main(argv=None) -> int:
     for i in tqdm(range(0, n, a.batch_size), desc=f"decode alpha={alpha:g}", unit="batch"):
       g = grids[i:i + a.batch_size]
       k = len(g)
-      if k < a.batch_size:  # one compiled shape
-        g = np.concatenate([g, np.zeros((a.batch_size - k,) + g.shape[1:], g.dtype)])
+      g = batching.pad_rows(g, a.batch_size)
       if a.beam <= 1:
         toks, _ = decode.greedy(cap.model.decoder, dparams, jnp.asarray(g), a.max_len)
         toks = np.asarray(toks)[:k, None]

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxcap import decode
+from jaxcap.data import batching
 from jaxcap.data import images as images_lib
 from jaxcap.data.preprocessing import Preprocessing
 from jaxcap.data.vocab import END_ID, PAD_ID, Vocab
@@ -133,8 +134,8 @@ class Captioner:
     for i in range(0, len(pixels), batch_size):
       chunk = pixels[i:i + batch_size]
       n = len(chunk)
-      if len(pixels) > batch_size and n < batch_size:  # pad: one compiled shape per batch size
-        chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+      if len(pixels) > batch_size:  # one compiled shape per batch size
+        chunk = batching.pad_rows(chunk, batch_size)
       out += self.caption_pixels(chunk, beam_size, max_len, alpha)[:n]
     return out
 

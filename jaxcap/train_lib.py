@@ -216,9 +216,7 @@ def caption_grids(decoder: Decoder, params, grids: np.ndarray, batch_size: int, 
   for i in range(0, len(grids), batch_size):
     g = grids[i:i + batch_size]
     n = len(g)
-    if n < batch_size:
-      g = np.concatenate([g, np.zeros((batch_size - n,) + g.shape[1:], g.dtype)])
-    tokens, _ = decode.greedy(decoder, params, jnp.asarray(g), max_len)
+    tokens, _ = decode.greedy(decoder, params, jnp.asarray(batching.pad_rows(g, batch_size)), max_len)
     out += [vocab.decode(row) for row in np.asarray(tokens)[:n]]
   return out
 

@@ -5,6 +5,7 @@ import pytest
 
 from jaxcap import decode
 from jaxcap.data import vocab as V
+from jaxcap.models import attend_lstm
 from jaxcap.models.decoder import Decoder
 
 
@@ -27,6 +28,31 @@ def test_single_step_shares_parameters_with_scan(mode, deep_output):
     np.testing.assert_allclose(step_logits, logits[:, t], atol=1e-5)
     if mode == "attend":
       np.testing.assert_allclose(alpha, alphas[:, t], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
+def test_hand_written_attention_backward_equals_autodiff(dtype, tol):
+  """The training recurrence's hand-written VJP gives JAX's gradients for every input, every output used."""
+  rng = np.random.default_rng(0)
+  b, t, n, c, a, h = 3, 5, 4, 6, 7, 8
+  r = lambda *s: jnp.asarray(rng.normal(size=s) * 0.5, jnp.float32)  # noqa: E731
+  w = {"hq_k": r(h, a + c), "hq_b": r(a + c), "score_k": r(a, 1), "score_b": r(1), "lstm_k": r(c + h, 4 * h)}
+  args = (w, (r(b, h), r(b, h)), r(t, b, 4 * h).astype(dtype), r(b, n, c).astype(dtype), r(b, n, a).astype(dtype))
+  weights = (r(t, b, h + c), r(t, b, n), r(b, h), r(b, h))  # a loss that reads outputs, attention and carry
+
+  def loss(scan):
+    def f(*args):
+      (cc, hh), (outs, alphas) = scan(*args, dtype)
+      return sum(jnp.sum(x.astype(jnp.float32) * y) for x, y in zip((outs, alphas, cc, hh), weights))
+    return f
+
+  got = jax.grad(loss(attend_lstm.attend_scan), argnums=range(5))(*args)
+  want = jax.grad(loss(attend_lstm._scan_reference), argnums=range(5))(*args)
+  for (path, g), wnt in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+    assert g.dtype == wnt.dtype, jax.tree_util.keystr(path)
+    scale = max(float(jnp.max(jnp.abs(wnt.astype(jnp.float32)))), 0.1)  # score_b: exactly 0 in exact math
+    err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - wnt.astype(jnp.float32)))) / scale
+    assert err < tol, (jax.tree_util.keystr(path), err)
 
 
 def test_attention_weights_are_a_distribution_over_the_grid():

@@ -67,3 +67,10 @@ class Schedule:
   def padded_length(self, idx: np.ndarray, max_len: int) -> int:
     longest = int(self.lengths[idx].max())
     return min(max_len, -(-longest // self.pad_multiple) * self.pad_multiple)
+
+
+def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+  """x with zero rows (empty strings for bytes) appended up to `size` rows: one compiled shape per batch size."""
+  if len(x) >= size:
+    return x
+  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxcap.data import batching
 from jaxcap.data import vocab as vocab_lib
 from jaxcap.data.preprocessing import Preprocessing
 from jaxcap.data.tf_setup import tf
@@ -154,11 +155,7 @@ def eval_batches(builder, *, split: str, batch_size: int, preprocessing: Preproc
 def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
   """Pads every array to batch_size rows (zeros / empty strings) and adds valid [B] bool."""
   n = len(next(iter(batch.values())))
-  out = {"valid": np.arange(batch_size) < n}
-  for k, v in batch.items():
-    pad = np.zeros((batch_size - n,) + v.shape[1:], v.dtype)
-    out[k] = np.concatenate([v, pad]) if n < batch_size else v
-  return out
+  return {"valid": np.arange(batch_size) < n, **{k: batching.pad_rows(v, batch_size) for k, v in batch.items()}}
 
 
 def references(batch: dict[str, np.ndarray]) -> list[list[str]]:

@@ -6,8 +6,9 @@ What is hoisted out of the time loop (same math as per-step, fewer and larger ma
 - the attention projection of the image grid, once per image (peers redo it at every step);
 - the embedding's contribution to the LSTM gates, for all T steps in one matmul;
 - the output projection to the vocabulary (from [h; context] in attend mode), for all T steps after the scan.
-The scanned training path and `step` (used by greedy and beam search) call the same `cell` module, so they
-share parameters by construction.
+In attend mode the training path scans `attend_lstm.attend_scan`, whose hand-written backward also keeps the
+weight gradients out of the loop; `step` (greedy and beam search) runs `attend_lstm.attend_step` on the same
+`cell` weights, so the two share parameters by construction (`tests/test_decoder.py` checks both).
 """
 from __future__ import annotations
 
@@ -17,40 +18,43 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxcap.models import attend_lstm
+
 MODES = ("show_tell", "attend")
 
 
 
-def _lstm(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
-  i, f, g, o = jnp.split(gates.astype(jnp.float32), 4, axis=-1)
-  c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-  return c, jax.nn.sigmoid(o) * jnp.tanh(c)
+class _Kernel(nn.Module):
+  """The parameters of an nn.Dense (same names, shapes and initializers), handed out instead of applied."""
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, in_features: int, features: int):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (in_features, features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (features,)) if self.use_bias else None
+    return kernel, bias
 
 
 class AttendCell(nn.Module):
-  """One step of soft attention (Xu et al. 2015, with the gating scalar beta) followed by the LSTM."""
+  """Soft attention then the LSTM (`attend_lstm.attend_step`); `weights` feeds the scanned training path."""
   hidden_dim: int
   attention_dim: int
   dtype: Any = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.h_proj = _Kernel()          # the query and the context gate both read h: one matmul for both
+    self.att_score = _Kernel()
+    self.lstm = _Kernel(use_bias=False)
+
+  def weights(self, n_feat: int) -> dict:
+    hq_k, hq_b = self.h_proj(self.hidden_dim, self.attention_dim + n_feat)
+    score_k, score_b = self.att_score(self.attention_dim, 1)
+    lstm_k, _ = self.lstm(n_feat + self.hidden_dim, 4 * self.hidden_dim)
+    return {"hq_k": hq_k, "hq_b": hq_b, "score_k": score_k, "score_b": score_b, "lstm_k": lstm_k}
+
   def __call__(self, carry, x_gates, feats, att_feats):
     # x_gates [B, 4H] (embedding part of the gates), feats [B, N, C], att_feats [B, N, A] (hoisted projection)
-    c, h = carry
-    n_feat = feats.shape[-1]
-    # The query and the gate both read h: one matmul for both.
-    hq = nn.Dense(self.attention_dim + n_feat, dtype=self.dtype, name="h_proj")(h)
-    query, beta = hq[:, :self.attention_dim], hq[:, self.attention_dim:]
-    energy = jnp.tanh(att_feats + query[:, None, :].astype(att_feats.dtype))
-    scores = nn.Dense(1, dtype=self.dtype, name="att_score")(energy)[..., 0]
-    alpha = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)                 # [B, N]
-    context = jnp.einsum("bn,bnc->bc", alpha.astype(feats.dtype), feats)
-    context = context * jax.nn.sigmoid(beta.astype(jnp.float32)).astype(context.dtype)
-    zh = jnp.concatenate([context.astype(self.dtype), h.astype(self.dtype)], axis=-1)
-    gates = x_gates + nn.Dense(4 * self.hidden_dim, use_bias=False, dtype=self.dtype, name="lstm")(zh)
-    c, h = _lstm(gates, c)
-    # The output layer reads the context as well as h (Xu et al.'s deep output uses z too).
-    return (c, h), (jnp.concatenate([h.astype(self.dtype), context.astype(self.dtype)], -1), alpha)
+    return attend_lstm.attend_step(self.weights(feats.shape[-1]), carry, x_gates, feats, att_feats, self.dtype)
 
 
 class ShowTellCell(nn.Module):
@@ -61,7 +65,7 @@ class ShowTellCell(nn.Module):
   def __call__(self, carry, x_gates, feats, att_feats):
     c, h = carry
     gates = x_gates + nn.Dense(4 * self.hidden_dim, use_bias=False, dtype=self.dtype, name="lstm")(h)
-    c, h = _lstm(gates, c)
+    c, h = attend_lstm.lstm_update(gates, c)
     return (c, h), (h, jnp.zeros(h.shape[:1] + (0,), jnp.float32))
 
 
@@ -99,6 +103,9 @@ class Decoder(nn.Module):
   def init_state(self, grid):
     """Per-image constants and the initial carry. grid [B, h, w, C] -> (feats, att_feats, (c, h))."""
     feats = grid.reshape(grid.shape[0], -1, grid.shape[-1]).astype(self.dtype)      # [B, N, C]
+    # Converted once: XLA would otherwise repeat the cast (slow for float16 cached features on CPU) inside
+    # every fusion that reads the features.
+    feats = jax.lax.optimization_barrier(feats)
     pooled = jnp.mean(feats.astype(jnp.float32), axis=1).astype(self.dtype)
     carry = (jnp.tanh(self.init_c(pooled).astype(jnp.float32)),
              jnp.tanh(self.init_h(pooled).astype(jnp.float32)))
@@ -112,12 +119,18 @@ class Decoder(nn.Module):
     x = self.embed_drop(emb, deterministic=not train)
     x_gates = self.embed_gates(x.astype(self.dtype))                                # [B, T, 4H]
 
-    def body(cell, carry, x_t, feats, att_feats):
-      return cell(carry, x_t, feats, att_feats)
+    if self.mode == "attend":
+      # Time-major for lax.scan; the hand-written backward (attend_lstm) keeps weight gradients out of the loop.
+      _, (outs, alphas) = attend_lstm.attend_scan(self.cell.weights(feats.shape[-1]), carry,
+                                                  jnp.swapaxes(x_gates, 0, 1), feats, att_feats, self.dtype)
+      outs, alphas = jnp.swapaxes(outs, 0, 1), jnp.swapaxes(alphas, 0, 1)
+    else:
+      def body(cell, carry, x_t, feats, att_feats):
+        return cell(carry, x_t, feats, att_feats)
 
-    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=(1, nn.broadcast, nn.broadcast), out_axes=1)
-    _, (outs, alphas) = scan(self.cell, carry, x_gates, feats, att_feats)
+      scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
+                     in_axes=(1, nn.broadcast, nn.broadcast), out_axes=1)
+      _, (outs, alphas) = scan(self.cell, carry, x_gates, feats, att_feats)
     outs = self._pre_logits(outs, emb)
     logits = self.out(self.drop(outs, deterministic=not train).astype(self.dtype))
     return logits.astype(jnp.float32), alphas
