@@ -32,7 +32,7 @@ def lstm_update(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _attend(w, h, feats, att_feats, dtype):
-  """(hq, energy, alpha, context before the gate, gate) of one step."""
+  """(hq, alpha, context before the gate, gate) of one step."""
   hq = (h.astype(dtype) @ w["hq_k"].astype(dtype) + w["hq_b"].astype(dtype))
   a = att_feats.shape[-1]
   query, beta = hq[:, :a], hq[:, a:]
@@ -41,7 +41,19 @@ def _attend(w, h, feats, att_feats, dtype):
   alpha = jax.nn.softmax(scores.astype(f32), axis=-1)                                # [B, N]
   ctx0 = jnp.einsum("bn,bnc->bc", alpha.astype(feats.dtype), feats)
   gate = jax.nn.sigmoid(beta.astype(f32))
-  return hq, energy, alpha, ctx0, gate
+  return hq, alpha, ctx0, gate
+
+
+def _step(w, carry, x_gates, feats, att_feats, dtype):
+  """One step -> (carry, outputs, what the hand-written backward needs: small per-step tensors, no
+  [B, N, A] energies)."""
+  c_prev, h_prev = carry
+  hq, alpha, ctx0, gate = _attend(w, h_prev, feats, att_feats, dtype)
+  context = (ctx0.astype(f32) * gate).astype(dtype)
+  zh = jnp.concatenate([context, h_prev.astype(dtype)], axis=-1)
+  gates = (x_gates + zh @ w["lstm_k"].astype(dtype)).astype(f32)
+  c, h = lstm_update(gates, c_prev)
+  return (c, h), (jnp.concatenate([h.astype(dtype), context], -1), alpha), (zh, c_prev, gates, c, hq, alpha, ctx0)
 
 
 def attend_step(w, carry, x_gates, feats, att_feats, dtype: Any = f32):
@@ -49,12 +61,8 @@ def attend_step(w, carry, x_gates, feats, att_feats, dtype: Any = f32):
 
   carry (c, h) -> (carry, ([h; context] for the output layer, alpha [B, N])).
   """
-  c, h = carry
-  _, _, alpha, ctx0, gate = _attend(w, h, feats, att_feats, dtype)
-  context = (ctx0.astype(f32) * gate).astype(dtype)
-  zh = jnp.concatenate([context, h.astype(dtype)], axis=-1)
-  c, h = lstm_update(x_gates + zh @ w["lstm_k"].astype(dtype), c)
-  return (c, h), (jnp.concatenate([h.astype(dtype), context], -1), alpha)
+  carry, ys, _ = _step(w, carry, x_gates, feats, att_feats, dtype)
+  return carry, ys
 
 
 def _scan_reference(w, carry, x_gates, feats, att_feats, dtype):
@@ -72,14 +80,8 @@ def attend_scan(w, carry, x_gates, feats, att_feats, dtype: Any = f32):
 
 def _fwd(w, carry, x_gates, feats, att_feats, dtype):
   def body(carry, xg):
-    c_prev, h_prev = carry
-    hq, _, alpha, ctx0, gate = _attend(w, h_prev, feats, att_feats, dtype)
-    context = (ctx0.astype(f32) * gate).astype(dtype)
-    zh = jnp.concatenate([context, h_prev.astype(dtype)], axis=-1)
-    gates = (xg + zh @ w["lstm_k"].astype(dtype)).astype(f32)
-    c, h = lstm_update(gates, c_prev)
-    res = (zh, c_prev, gates, c, hq, alpha, ctx0)   # small per-step tensors; no [B, N, A] energies
-    return (c, h), ((jnp.concatenate([h.astype(dtype), context], -1), alpha), res)
+    carry, ys, res = _step(w, carry, xg, feats, att_feats, dtype)
+    return carry, (ys, res)
 
   carry_out, (ys, res) = jax.lax.scan(body, carry, x_gates)
   return (carry_out, ys), (w, feats, att_feats, res)
