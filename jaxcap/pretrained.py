@@ -19,6 +19,7 @@ import sys
 import numpy as np
 from flax import serialization, traverse_util
 
+from jaxcap import paths
 from jaxcap.models import efficientnet_lite
 
 FORMAT = "jaxcap.encoder/1"
@@ -29,8 +30,7 @@ class WeightsError(Exception):
 
 
 def default_path(name: str) -> str:
-  root = os.environ.get("JAXCAP_WEIGHTS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxcap",
-                                                              "weights")
+  root = os.environ.get("JAXCAP_WEIGHTS_DIR") or os.path.join(paths.cache_root(), "weights")
   return os.path.join(root, f"{name}.msgpack")
 
 

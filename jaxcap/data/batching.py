@@ -27,7 +27,7 @@ def caption_pairs(names: list[str], captions: dict[str, list[str]], vocab: vocab
   idx, toks = [], []
   for i, name in enumerate(names):
     for c in captions[name]:
-      ids = vocab.encode(c, max_len)
+      ids = vocab.to_ids(c, max_len)
       idx.append(i)
       toks.append(ids + [vocab_lib.PAD_ID] * (max_len - len(ids)))
   tokens = np.asarray(toks, np.int32).reshape(-1, max_len)

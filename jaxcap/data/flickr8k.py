@@ -1,4 +1,4 @@
-"""Flickr8k from a local folder, in either download layout, as a TFDS dataset.
+"""Reading a local Flickr8k folder in either download layout: captions, split files, quirks.
 
 Layouts (detected automatically; Kaggle wins when a folder has both):
   kaggle:   Images/*.jpg + captions.txt (CSV `image,caption`, quoted when a caption has commas)
@@ -11,9 +11,6 @@ folder gets 6000/1000/1000 like the official split, but with other images).
 
 Nothing here dies halfway on bad files: missing or undecodable images and malformed caption lines are skipped,
 counted and reported (one line each); only a folder that cannot be used at all raises `DataError`.
-
-Command: `python -m jaxcap.data.flickr8k --data_dir DIR` prints split sizes, skipped files, vocabulary size and
-caption length percentiles (add `--prepare` to also write the TFDS dataset).
 """
 from __future__ import annotations
 
@@ -23,23 +20,17 @@ import csv
 import dataclasses
 import hashlib
 import io
-import json
 import os
-import sys
 
 from PIL import Image
+
+from jaxcap.data import DataError
 
 SPLITS = ("train", "dev", "test")
 SPLIT_FILES = {s: f"Flickr_8k.{s}Images.txt" for s in SPLITS}
 KAGGLE_IMAGES, KAGGLE_CAPTIONS = "Images", "captions.txt"
 ORIGINAL_IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset")  # the official zip misspells it
 ORIGINAL_TEXT_DIR, ORIGINAL_TOKENS = "Flickr8k_text", "Flickr8k.token.txt"
-# Encodings tf.io.decode_image reads as-is; anything else is re-encoded to PNG at preparation.
-_TF_NATIVE = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("BMP", "RGB")}
-
-
-class DataError(Exception):
-  """A dataset folder that cannot be used; the message is one line naming the path and the problem."""
 
 
 @dataclasses.dataclass
@@ -197,178 +188,3 @@ def scan(data_dir: str, check_images: bool = True, workers: int = 8) -> Source:
     split_source, splits = "generated", generated_split(sorted(usable))
   return Source(data_dir, layout, images_dir, captions_file, split_source, captions, splits, skipped, problems)
 
-
-# ---------------------------------------------------------------------------------------------------------
-# TFDS builder
-# ---------------------------------------------------------------------------------------------------------
-def _image_bytes(path: str) -> bytes:
-  """The file's bytes when tf.io.decode_image reads them as they are, else an RGB PNG re-encoding."""
-  with Image.open(path) as im:
-    if (im.format, im.mode) in _TF_NATIVE and getattr(im, "n_frames", 1) == 1:
-      with open(path, "rb") as f:
-        return f.read()
-    im.seek(0)
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _builder_class():
-  import tensorflow_datasets as tfds
-
-  from jaxcap.data.tf_setup import tf  # noqa: F401  (hide GPUs before TFDS touches TF)
-
-  class Flickr8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Flickr8k captions (Hodosh et al. 2013) from a local folder in either download layout."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    # TFDS locates a builder's files through importlib resources, which fails for builders outside a
-    # TFDS-style package; this one has no checksums or metadata files to find.
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-      from etils import epath
-      return epath.Path(__file__)
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Put Flickr8k in the manual dir in either layout: Images/ + captions.txt (Kaggle 'flickr8k') or "
-        "Flicker8k_Dataset/ + Flickr8k_text/ (original Flickr8k_Dataset.zip + Flickr8k_text.zip).")
-
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self,
-          description="Flickr8k: 8,091 images with 5 captions each.",
-          features=tfds.features.FeaturesDict({
-              "image": tfds.features.Image(shape=(None, None, 3)),
-              "image/filename": tfds.features.Text(),
-              "captions": tfds.features.Sequence(tfds.features.Text()),
-          }),
-          homepage="https://hockenmaier.cs.illinois.edu/8k-pictures.html",
-          citation="Hodosh, Young, Hockenmaier. Framing Image Description as a Ranking Task. JAIR 47, 2013.",
-      )
-
-    def _split_generators(self, dl_manager):
-      source = getattr(self, "source", None) or scan(str(dl_manager.manual_dir))
-      self.source = source
-      return {s: self._generate_examples(source, names) for s, names in source.splits.items() if names}
-
-    def _generate_examples(self, source: Source, names):
-      for name in names:
-        yield name, {"image": _image_bytes(os.path.join(source.images_dir, name)),
-                     "image/filename": name, "captions": source.captions[name]}
-
-  return Flickr8k
-
-
-def default_tfds_dir(data_dir: str) -> str:
-  """Where the prepared copy of `data_dir` lives: one folder per source folder, never inside it."""
-  root = os.environ.get("JAXCAP_TFDS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxcap", "tfds")
-  absdir = os.path.abspath(os.path.expanduser(data_dir))
-  slug = os.path.basename(absdir.rstrip("/")) or "data"
-  return os.path.join(root, f"{slug}-{hashlib.sha1(absdir.encode()).hexdigest()[:10]}")
-
-
-REPORT_FILE = "jaxcap_prepare_report.json"
-
-
-def prepare(data_dir: str, tfds_dir: str | None = None, verbose: bool = True):
-  """Prepares (once) and returns the TFDS builder for a Flickr8k folder."""
-  import tensorflow_datasets as tfds
-
-  data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  detect_layout(data_dir)  # a clear error before TFDS gets involved
-  builder = _builder_class()(data_dir=tfds_dir or default_tfds_dir(data_dir))
-  report_path = os.path.join(builder.data_dir, REPORT_FILE)
-  if not os.path.exists(report_path):
-    if verbose:
-      print(f"Preparing {data_dir} -> {builder.data_dir} (once)", file=sys.stderr)
-    builder.source = scan(data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
-    report = builder.source.report()
-    with open(report_path, "w") as f:
-      json.dump(report, f, indent=1)
-    if verbose:
-      print_report(report, file=sys.stderr)
-  return builder
-
-
-def load_report(builder) -> dict:
-  with open(os.path.join(builder.data_dir, REPORT_FILE)) as f:
-    return json.load(f)
-
-
-def print_report(report: dict, file=sys.stdout, max_lines: int = 20) -> None:
-  print(f"layout: {report['layout']}   splits: {report['split_source']}", file=file)
-  for s in SPLITS:
-    if s in report["images"]:
-      print(f"  {s:5s}: {report['images'][s]:6d} images {report['captions'][s]:7d} captions", file=file)
-  print(f"skipped images: {report['skipped_images']} {report['skipped_by_reason'] or ''}", file=file)
-  for line in (report["skipped"] + report["problems"])[:max_lines]:
-    print(f"  - {line}", file=file)
-  more = len(report["skipped"]) + len(report["problems"]) - max_lines
-  if more > 0:
-    print(f"  ... and {more} more", file=file)
-
-
-def statistics(source: Source, min_count: int = 5) -> dict:
-  import numpy as np
-
-  from jaxcap.data.vocab import Vocab, normalize
-
-  train_caps = [c for n in source.splits["train"] for c in source.captions[n]]
-  vocab = Vocab.build(train_caps, min_count=min_count)
-  lengths = np.array([len(normalize(c)) for c in train_caps]) if train_caps else np.zeros(1)
-  pct = {f"p{p}": float(np.percentile(lengths, p)) for p in (5, 25, 50, 75, 95, 99, 100)}
-  return {**source.report(), "vocab_size": len(vocab), "vocab_min_count": min_count,
-          "train_caption_length_tokens": pct}
-
-
-def _read_first_batches(builder, min_count: int) -> dict:
-  """Reads one train and one eval batch through the real pipeline: proof the prepared data is usable."""
-  from jaxcap.data import pipeline
-  from jaxcap.data.preprocessing import LITE, Preprocessing
-  from jaxcap.data.vocab import Vocab
-
-  pp = Preprocessing(224, **LITE)
-  train = builder.as_dataset(split="train").take(200)
-  vocab = Vocab.build((c.decode() for ex in train.as_numpy_iterator() for c in ex["captions"]), min_count)
-  tb = next(pipeline.train_batches(builder, vocab, batch_size=8, max_len=20, preprocessing=pp,
-                                   shuffle_buffer=64))
-  eb = next(pipeline.eval_batches(builder, split="test", batch_size=8, preprocessing=pp))
-  return {"train": {k: list(v.shape) for k, v in tb.items()}, "eval": {k: list(v.shape) for k, v in eb.items()}}
-
-
-def main(argv=None) -> int:
-  import argparse
-
-  p = argparse.ArgumentParser(prog="python -m jaxcap.data.flickr8k", description=__doc__.split("\n")[0])
-  p.add_argument("--data_dir", required=True, help="Flickr8k folder (either layout)")
-  p.add_argument("--min_count", type=int, default=5, help="vocabulary minimum word count")
-  p.add_argument("--prepare", action="store_true", help="also prepare the TFDS dataset")
-  p.add_argument("--tfds_dir", default=None, help="where the prepared dataset goes (default: ~/.cache/jaxcap)")
-  p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-  args = p.parse_args(argv)
-  try:
-    stats = statistics(scan(args.data_dir), args.min_count)
-    if args.prepare:
-      builder = prepare(args.data_dir, args.tfds_dir, verbose=False)
-      stats["tfds_dir"] = builder.data_dir
-      stats["first_batches"] = _read_first_batches(builder, args.min_count)
-  except DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if args.json:
-    print(json.dumps({k: v for k, v in stats.items() if k != "skipped"}))
-    return 0
-  print_report(stats)
-  print(f"vocabulary (train, min count {stats['vocab_min_count']}): {stats['vocab_size']} tokens incl. 4 specials")
-  print("train caption length (tokens): " +
-        " ".join(f"{k}={v:g}" for k, v in stats["train_caption_length_tokens"].items()))
-  if "tfds_dir" in stats:
-    print(f"prepared TFDS dataset: {stats['tfds_dir']}")
-    print(f"first batches read back: {stats['first_batches']}")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

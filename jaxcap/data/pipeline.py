@@ -1,12 +1,12 @@
 """tf.data pipelines over a prepared Flickr8k TFDS dataset; batches come out as numpy dicts.
 
-Train batch:  image [B, S, S, 3] uint8 (float32 normalized if normalize=True), tokens [B, L] int32
-              (<start> words <end> <pad>..., cut to L), mask [B, L] float32 (1 on real tokens).
+Train batch:  image [B, S, S, 3] uint8, tokens [B, L] int32 (<start> words <end> <pad>..., cut to L),
+              mask [B, L] float32 (1 on real tokens).
 Eval batch:   image, filename [B] bytes, references [B, R] bytes ('' pads), valid [B] bool: the last partial
               batch is padded to B with valid=False, so every batch has one shape and nothing is dropped.
 
-Images stay uint8 by default: the encoder normalizes on device (4x less host->device traffic), with the
-same `Preprocessing` the pipeline resized with.
+Images always leave as uint8: the encoder normalizes on device (4x less host->device traffic), with the
+same `Preprocessing` the pipeline resized with (the pipeline uses only its size).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from jaxcap.data.tf_setup import tf
 
 
 def tokenize(captions: tf.Tensor, table: tf.lookup.StaticHashTable, max_len: int) -> tf.Tensor:
-  """tf version of `Vocab.encode` for a [N] string tensor -> [N, max_len] int32 (tested to agree)."""
+  """tf version of `Vocab.to_ids` for a [N] string tensor -> [N, max_len] int32 (tested to agree)."""
   s = tf.strings.regex_replace(tf.strings.lower(captions), vocab_lib.TF_PUNCT_PATTERN, "")
   words = tf.strings.split(s)
   words = tf.ragged.boolean_mask(words, tf.strings.regex_full_match(words, vocab_lib.TF_WORD_PATTERN))
@@ -37,11 +37,11 @@ def lookup_table(vocab: vocab_lib.Vocab) -> tf.lookup.StaticHashTable:
   return tf.lookup.StaticHashTable(init, default_value=vocab_lib.UNK_ID)
 
 
-# Bumped whenever decoding or resizing changes the pixels (feature caches are keyed by it).
+# Bumped whenever reading or resizing images changes the pixels (feature caches are keyed by it).
 PIXELS_VERSION = 2
 
 
-def decode(encoded: tf.Tensor) -> tf.Tensor:
+def image_from_bytes(encoded: tf.Tensor) -> tf.Tensor:
   """Encoded image bytes -> [H, W, 3] uint8; first frame of animations.
 
   JPEGs use the accurate integer IDCT, which gives exactly PIL's pixels (TF's default fast IDCT differs by up
@@ -54,9 +54,9 @@ def decode(encoded: tf.Tensor) -> tf.Tensor:
   return img
 
 
-def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
+def load_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
   """Encoded image bytes -> [size, size, 3] uint8 (no-op resize when already sized)."""
-  return resize_uint8(decode(encoded), size)
+  return resize_uint8(image_from_bytes(encoded), size)
 
 
 def resize_uint8(img: tf.Tensor, size: int) -> tf.Tensor:
@@ -79,26 +79,20 @@ def _augment(img: tf.Tensor, size: int) -> tf.Tensor:
   return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
 
 
-def _finish(image: tf.Tensor, preprocessing: Preprocessing, normalize: bool) -> tf.Tensor:
-  if not normalize:
-    return image
-  return (tf.cast(image, tf.float32) - tf.constant(preprocessing.mean)) / tf.constant(preprocessing.std)
-
-
 def _read(builder, split: str, shuffle_files: bool, seed: int):
   return builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()},
                             shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=seed))
 
 
 def train_dataset(builder, vocab: vocab_lib.Vocab, *, batch_size: int, max_len: int,
-                  preprocessing: Preprocessing, split: str = "train", normalize: bool = False,
-                  augment: bool = False, shuffle_buffer: int = 8192, seed: int = 0, repeat: bool = True,
+                  preprocessing: Preprocessing, split: str = "train", augment: bool = False,
+                  shuffle_buffer: int = 8192, seed: int = 0, repeat: bool = True,
                   process_index: int = 0, process_count: int = 1, skip_examples: int = 0) -> tf.data.Dataset:
   """(image, caption) pairs, one per caption, shuffled and batched with drop_remainder.
 
   Each process reads its own even slice of the split (`tfds.split_for_jax_process`); batch_size is the
-  per-process batch. The order is a function of `seed`; `skip_examples` resumes it mid-way (skipped pairs are
-  never decoded, so resuming is cheap).
+  per-process batch. The order is a function of `seed`; `skip_examples` resumes it mid-way (skipped pairs'
+  images never become pixels, so resuming is cheap).
   """
   sub = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
   ds = _read(builder, sub, shuffle_files=True, seed=seed)
@@ -111,18 +105,17 @@ def train_dataset(builder, vocab: vocab_lib.Vocab, *, batch_size: int, max_len: 
   ds = ds.map(pairs, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
   if repeat:
     ds = ds.repeat()
-  # Shuffle encoded bytes (small), not decoded pixels, so a large buffer is cheap.
+  # Shuffle encoded bytes (small), not pixels, so a large buffer is cheap.
   ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if skip_examples:
     ds = ds.skip(skip_examples)
 
   def load(ex):
-    img = decode_and_resize(ex["image"], preprocessing.size)
+    img = load_image(ex["image"], preprocessing.size)
     if augment:
       img = _augment(img, preprocessing.size)
     tokens = ex["tokens"]
-    return {"image": _finish(img, preprocessing, normalize), "tokens": tokens,
-            "mask": tf.cast(tokens != vocab_lib.PAD_ID, tf.float32)}
+    return {"image": img, "tokens": tokens, "mask": tf.cast(tokens != vocab_lib.PAD_ID, tf.float32)}
 
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -132,23 +125,22 @@ def train_batches(builder, vocab, **kwargs) -> Iterator[dict[str, np.ndarray]]:
   return iter(tfds.as_numpy(train_dataset(builder, vocab, **kwargs)))
 
 
-def eval_dataset(builder, *, split: str, batch_size: int, preprocessing: Preprocessing,
-                 normalize: bool = False) -> tf.data.Dataset:
+def eval_dataset(builder, *, split: str, batch_size: int, preprocessing: Preprocessing) -> tf.data.Dataset:
   """Every image of `split` once, in a fixed order, with all its references."""
   ds = _read(builder, split, shuffle_files=False, seed=0)
 
   def load(ex):
-    return {"image": _finish(decode_and_resize(ex["image"], preprocessing.size), preprocessing, normalize),
+    return {"image": load_image(ex["image"], preprocessing.size),
             "filename": ex["image/filename"], "references": ex["captions"]}
 
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches(builder, *, split: str, batch_size: int, preprocessing: Preprocessing,
-                 normalize: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(builder, *, split: str, batch_size: int,
+                 preprocessing: Preprocessing) -> Iterator[dict[str, np.ndarray]]:
   for batch in tfds.as_numpy(eval_dataset(builder, split=split, batch_size=batch_size,
-                                          preprocessing=preprocessing, normalize=normalize)):
+                                          preprocessing=preprocessing)):
     yield pad_batch(batch, batch_size)
 
 

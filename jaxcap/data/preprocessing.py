@@ -1,5 +1,8 @@
-"""How an encoder wants its pixels. Each encoder owns one `Preprocessing`; the pipeline, the feature cache and
-the app take it from the encoder, so nothing normalizes on its own."""
+"""`Preprocessing`, how an encoder wants its pixels (size, mean/std, channel order), and the usual constants.
+
+Each encoder owns one `Preprocessing`; the pipeline, the feature cache and the app take it from the encoder, so
+nothing normalizes on its own (the tf.data pipeline only resizes: its images leave as uint8).
+"""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""Import TensorFlow for tf.data only, with every GPU hidden from it.
+"""`tf`: TensorFlow imported for tf.data only, with every GPU hidden from it.
 
 TF would otherwise reserve most of an accelerator's memory that JAX needs. Import `tf` from here.
 """

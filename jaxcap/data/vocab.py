@@ -55,13 +55,14 @@ class Vocab:
   def __eq__(self, other) -> bool:
     return isinstance(other, Vocab) and self.tokens == other.tokens
 
-  def encode(self, caption: str, max_len: int | None = None) -> list[int]:
-    """<start> w1 .. wn <end>; cut to max_len ids (the <end> is dropped by a cut, as in training)."""
+  def to_ids(self, caption: str, max_len: int | None = None) -> list[int]:
+    """Ids of a raw caption: <start> w1 .. wn <end>, unknown words as <unk>; cut to max_len ids (the <end> is
+    dropped by a cut, as in training)."""
     ids = [START_ID] + [self._ids.get(w, UNK_ID) for w in normalize(caption)] + [END_ID]
     return ids[:max_len] if max_len else ids
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Words up to the first <end>; <pad> and <start> are skipped."""
+  def to_text(self, ids: Iterable[int]) -> str:
+    """Ids -> text: the words up to the first <end>, joined by spaces; <pad> and <start> are skipped."""
     words = []
     for i in ids:
       i = int(i)

@@ -1,0 +1,138 @@
+"""Preparing a Flickr8k folder as a TFDS dataset (once, outside the folder) and reading its captions back.
+
+`prepare(data_dir)` scans the folder (`jaxcap.data.flickr8k`), writes the TFDS dataset under
+`default_tfds_dir(data_dir)` with a JSON report of what was skipped, and returns the builder; later calls
+reuse the prepared copy. Images are stored as their file bytes when TF decodes them as-is, else as PNG.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+
+from PIL import Image
+
+from jaxcap import paths
+from jaxcap.data import flickr8k
+
+# Encodings tf.io.decode_image reads as-is; anything else is re-encoded to PNG at preparation.
+_TF_NATIVE = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("BMP", "RGB")}
+
+
+def _image_bytes(path: str) -> bytes:
+  """The file's bytes when tf.io.decode_image reads them as they are, else an RGB PNG re-encoding."""
+  with Image.open(path) as im:
+    if (im.format, im.mode) in _TF_NATIVE and getattr(im, "n_frames", 1) == 1:
+      with open(path, "rb") as f:
+        return f.read()
+    im.seek(0)
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _builder_class():
+  import tensorflow_datasets as tfds
+
+  from jaxcap.data.tf_setup import tf  # noqa: F401  (hide GPUs before TFDS touches TF)
+
+  class Flickr8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Flickr8k captions (Hodosh et al. 2013) from a local folder in either download layout."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    # TFDS locates a builder's files through importlib resources, which fails for builders outside a
+    # TFDS-style package; this one has no checksums or metadata files to find.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+      from etils import epath
+      return epath.Path(__file__)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Put Flickr8k in the manual dir in either layout: Images/ + captions.txt (Kaggle 'flickr8k') or "
+        "Flicker8k_Dataset/ + Flickr8k_text/ (original Flickr8k_Dataset.zip + Flickr8k_text.zip).")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description="Flickr8k: 8,091 images with 5 captions each.",
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(shape=(None, None, 3)),
+              "image/filename": tfds.features.Text(),
+              "captions": tfds.features.Sequence(tfds.features.Text()),
+          }),
+          homepage="https://hockenmaier.cs.illinois.edu/8k-pictures.html",
+          citation="Hodosh, Young, Hockenmaier. Framing Image Description as a Ranking Task. JAIR 47, 2013.",
+      )
+
+    def _split_generators(self, dl_manager):
+      source = getattr(self, "source", None) or flickr8k.scan(str(dl_manager.manual_dir))
+      self.source = source
+      return {s: self._generate_examples(source, names) for s, names in source.splits.items() if names}
+
+    def _generate_examples(self, source: flickr8k.Source, names):
+      for name in names:
+        yield name, {"image": _image_bytes(os.path.join(source.images_dir, name)),
+                     "image/filename": name, "captions": source.captions[name]}
+
+  return Flickr8k
+
+
+def default_tfds_dir(data_dir: str) -> str:
+  """Where the prepared copy of `data_dir` lives: one folder per source folder, never inside it."""
+  root = os.environ.get("JAXCAP_TFDS_DIR") or os.path.join(paths.cache_root(), "tfds")
+  absdir = os.path.abspath(os.path.expanduser(data_dir))
+  slug = os.path.basename(absdir.rstrip("/")) or "data"
+  return os.path.join(root, f"{slug}-{hashlib.sha1(absdir.encode()).hexdigest()[:10]}")
+
+
+REPORT_FILE = "jaxcap_prepare_report.json"
+
+
+def prepare(data_dir: str, tfds_dir: str | None = None, verbose: bool = True):
+  """Prepares (once) and returns the TFDS builder for a Flickr8k folder."""
+  import tensorflow_datasets as tfds
+
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  flickr8k.detect_layout(data_dir)  # a clear error before TFDS gets involved
+  builder = _builder_class()(data_dir=tfds_dir or default_tfds_dir(data_dir))
+  report_path = os.path.join(builder.data_dir, REPORT_FILE)
+  if not os.path.exists(report_path):
+    if verbose:
+      print(f"Preparing {data_dir} -> {builder.data_dir} (once)", file=sys.stderr)
+    builder.source = flickr8k.scan(data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
+    report = builder.source.report()
+    with open(report_path, "w") as f:
+      json.dump(report, f, indent=1)
+    if verbose:
+      print_report(report, file=sys.stderr)
+  return builder
+
+
+def print_report(report: dict, file=sys.stdout, max_lines: int = 20) -> None:
+  """A `Source.report()` as a short table: split sizes, then up to `max_lines` skipped files and problems."""
+  print(f"layout: {report['layout']}   splits: {report['split_source']}", file=file)
+  for s in flickr8k.SPLITS:
+    if s in report["images"]:
+      print(f"  {s:5s}: {report['images'][s]:6d} images {report['captions'][s]:7d} captions", file=file)
+  print(f"skipped images: {report['skipped_images']} {report['skipped_by_reason'] or ''}", file=file)
+  for line in (report["skipped"] + report["problems"])[:max_lines]:
+    print(f"  - {line}", file=file)
+  more = len(report["skipped"]) + len(report["problems"]) - max_lines
+  if more > 0:
+    print(f"  ... and {more} more", file=file)
+
+
+def split_captions(builder, split: str) -> tuple[list[str], dict[str, list[str]]]:
+  """(file names in dataset order, name -> captions) of a prepared split, without decoding images."""
+  import tensorflow_datasets as tfds
+  ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False)
+  names, caps = [], {}
+  for ex in ds.as_numpy_iterator():
+    name = ex["image/filename"].decode()
+    names.append(name)
+    caps[name] = [c.decode() for c in ex["captions"]]
+  return names, caps
