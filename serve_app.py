@@ -17,7 +17,6 @@ import time
 import numpy as np
 import streamlit as st
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from jaxcap.data.images import ImageError, read_image  # noqa: E402
@@ -55,10 +54,10 @@ def heat_overlay(pixels: np.ndarray, attention: np.ndarray) -> np.ndarray:
 
 @st.cache_data(show_spinner=False)
 def _sample_images(data_dir: str, n: int) -> list[tuple[str, bytes]]:
-  from jaxcap.data import flickr8k
+  from jaxcap.data import DataError, flickr8k
   try:
     src = flickr8k.scan(data_dir, check_images=False)
-  except flickr8k.DataError:
+  except DataError:
     return []
   names = src.splits["test"][:n]
   return [(name, open(os.path.join(src.images_dir, name), "rb").read()) for name in names]
@@ -67,8 +66,8 @@ def _sample_images(data_dir: str, n: int) -> list[tuple[str, bytes]]:
 def sample_images(cap: Captioner, n: int = 4) -> list[tuple[str, bytes]]:
   """A few test-split photos of the dataset the checkpoint was trained on, when it is on this machine (read
   once per dataset folder, not on every rerun)."""
-  import jaxcap.data as data_lib
-  return _sample_images(data_lib.resolve_data_dir(cap.config.data), n)
+  from jaxcap.data import resolve_data_dir
+  return _sample_images(resolve_data_dir(cap.config.data), n)
 
 
 def show_result(name: str, data: bytes, cap: Captioner, beam: int, alpha: float, max_len: int, rows: list):

@@ -1,56 +1,9 @@
-"""Train a captioner.
+"""Train a captioner: `python train.py [--config configs/NAME.py] [--workdir DIR] [--config.FIELD=value]`.
 
-    python train.py                                    # quickstart: synthetic data, tiny model
-    python train.py --config configs/flickr8k_lite0.py --workdir workdirs/lite0 --config.data.data_dir=DIR
-
-Running the same command again resumes from the latest checkpoint in --workdir.
+The quickstart by default (synthetic data, tiny model). The command itself is `jaxcap.train_cli`
+(also installed as `jaxcap-train`).
 """
-import os
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `configs` imports from the repo root
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                       "configs", "quickstart.py"),
-                                "Config file (a .py with get_config()); fields overridable as --config.FIELD=v")
-flags.DEFINE_string("workdir", None, "Checkpoints, vocabulary, config and metrics go here "
-                    "(default: workdirs/<config name>)")
-flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize(), which finds its peers "
-                  "from the cluster environment (Cloud TPU, SLURM, ...)")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0")
-
-
-def main(argv):
-  del argv
-  import jax
-  from absl import logging
-
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
-
-  if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from jaxcap import pretrained, train_lib
-  from jaxcap.data import flickr8k
-
-  config_path = FLAGS["config"].config_filename
-  workdir = FLAGS.workdir or os.path.join("workdirs", os.path.splitext(os.path.basename(config_path))[0])
-  try:
-    result = train_lib.train_and_evaluate(FLAGS.config, workdir)
-  except (train_lib.TrainError, flickr8k.DataError, pretrained.WeightsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if jax.process_index() == 0:
-    import json
-    print(json.dumps({k: v for k, v in result.items() if k != "dev_example"}))
-  return 0
-
+from jaxcap.train_cli import run
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  run()

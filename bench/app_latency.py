@@ -1,6 +1,6 @@
-"""The Streamlit app in headless Chromium: time from upload to caption, and a screenshot.
+"""Time from upload to caption of the Streamlit app in headless Chromium, and a screenshot.
 
-    python bench/app_latency.py --checkpoint workdirs/flickr8k_lite0 --data_dir ../shared/data/flickr8k \
+    python -m bench.app_latency --checkpoint workdirs/flickr8k_lite0 --data_dir ../shared/data/flickr8k \
         [--uploads 5] [--screenshot docs/app_screenshot.png]
 
 Starts `streamlit run serve_app.py` on a free localhost port, waits for the model to load, then uploads
@@ -19,8 +19,7 @@ import sys
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: serve_app.py, docs/
 
 
 def main():

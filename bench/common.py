@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: timing medians and machine facts, printed as JSON."""
+"""Timing shared by the benchmark scripts: median/min/max seconds of a call or a jitted train step, machine facts."""
 import json
 import os
 import platform

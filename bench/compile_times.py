@@ -1,6 +1,6 @@
-"""Compile time of the train step for each shipped Flickr8k config, on this machine.
+"""Compile time of the train step(s) each shipped Flickr8k config compiles, on this machine.
 
-    python bench/compile_times.py [--configs configs/flickr8k_lite0.py configs/flickr8k_resnet50.py]
+    python -m bench.compile_times [--configs configs/flickr8k_lite0.py configs/flickr8k_resnet50.py]
 
 For each config: the jitted train step(s) a run compiles (the cached regime: one; the finetune regime: the
 frozen-encoder step, then the step that trains the encoder), at the config's batch size, model and dtype,
@@ -10,12 +10,9 @@ separately. Prints one JSON object.
 import argparse
 import importlib.util
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import emit, machine  # noqa: E402
+from bench.common import emit, machine
 
 VOCAB = 2535  # the real Flickr8k vocabulary at min count 5
 
@@ -31,35 +28,30 @@ def compile_steps(path: str) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from jaxcap import train_lib
-  from jaxcap.models.captioner import make_captioner
+  from jaxcap import feeds, train_state
+  from jaxcap.models.caption_model import encode_fn
 
   cfg = load_config(path)
   cfg.model.pretrained = ""  # random weights: compile time does not depend on their values
-  cap = make_captioner(cfg.model, VOCAB)
-  variables = train_lib.init_variables(cap, cfg, jax.random.PRNGKey(0))
-  tx = train_lib.make_optimizer(cfg, 10_000)
-  state = train_lib.create_state(variables, tx, 0)
+  feed_cls = feeds.feed_class(cfg)  # the regime's feed: what it trains and the steps it compiles
+  model, variables = train_state.init_model(cfg, VOCAB)
+  setup = train_state.build(cfg, model, variables, 10_000, feed_cls.trainable)
   b, t = cfg.train.batch_size, cfg.data.max_len
-  batch = {"tokens": jnp.zeros((b, t), jnp.int32), "mask": jnp.ones((b, t), jnp.float32)}
-  size = cap.encoder.preprocessing.size
-  if cfg.train.regime == "cached":
-    grid = jax.eval_shape(lambda v, x: cap.apply(v, x, method=type(cap).encode), variables,
-                          jnp.zeros((1, size, size, 3), jnp.uint8))
-    batch["grid"] = jnp.zeros((b,) + grid.shape[1:], jnp.float16)
-    modes = [False]
-  else:
-    batch["image"] = jnp.zeros((b, size, size, 3), jnp.uint8)
-    modes = [False, True]
+  size = model.encoder.preprocessing.size
+  images = jnp.zeros((b, size, size, 3), jnp.uint8)
   out = {"regime": cfg.train.regime, "encoder": cfg.model.encoder, "dtype": cfg.model.dtype, "batch_size": b}
-  for train_encoder in modes:
-    step = jax.jit(train_lib.make_train_step(cap, cfg, tx, train_encoder), donate_argnums=0)
+  for name, forward in feed_cls.step_forwards(cfg).items():
+    batch = {"tokens": jnp.zeros((b, t), jnp.int32), "mask": jnp.ones((b, t), jnp.float32)}
+    if forward is train_state.decoder_forward:  # cached features: the encoder's grids, stored as float16
+      batch["grid"] = jnp.zeros(jax.eval_shape(encode_fn(model), variables, images).shape, jnp.float16)
+    else:
+      batch["image"] = images
+    step = jax.jit(train_state.make_train_step(setup, cfg, forward), donate_argnums=0)
     t0 = time.perf_counter()
-    lowered = step.lower(state, batch)
+    lowered = step.lower(setup.state, batch)
     t1 = time.perf_counter()
     lowered.compile()
     t2 = time.perf_counter()
-    name = "step_train_encoder" if train_encoder else ("step" if cfg.train.regime == "cached" else "step_frozen_encoder")
     out[name] = {"trace_lower_s": t1 - t0, "xla_compile_s": t2 - t1, "total_s": t2 - t0}
   return out
 

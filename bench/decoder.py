@@ -1,6 +1,6 @@
-"""Decoder benchmarks on cached features, jaxcap vs the common PyTorch Show-Attend-Tell, in one run.
+"""Decoder speed on cached features (train step, beam search, greedy), jaxcap vs the PyTorch Show-Attend-Tell.
 
-    python bench/decoder.py [--repeats 7] [--skip_torch]
+    python -m bench.decoder [--repeats 7] [--skip_torch]
 
 Sizes as the issue fixes them: attention/embedding/LSTM 512, vocabulary 3000, 7x7x1280 frozen features.
 - train step (forward + backward + AdamW update), attend mode, length 22, batch 32 and 64: captions/s, compile
@@ -12,14 +12,11 @@ The PyTorch baseline (bench/torch_sat.py) runs with as many threads as cores. Pr
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import emit, machine, time_train_step, timeit  # noqa: E402
+from bench.common import emit, machine, time_train_step, timeit
 
 V, E, H, A, N, C = 3000, 512, 512, 512, 49, 1280
 
@@ -43,25 +40,22 @@ def make_jax_train_step(b: int, t: int, deep_output: bool):
   import jax.numpy as jnp
 
   from configs import default
-  from jaxcap import train_lib
-  from jaxcap.models.captioner import make_captioner
+  from jaxcap import train_state
 
   cfg = default.get_config()
   cfg.model.encoder, cfg.model.pretrained, cfg.model.image_size = "small_cnn", "", 32
-  cfg.train.regime = "cached"
   cfg.model.deep_output = deep_output
-  cap = make_captioner(cfg.model, V)
-  variables = train_lib.init_variables(cap, cfg, jax.random.PRNGKey(0))
+  model, variables = train_state.init_model(cfg, V)
   # The decoder as it is for 7x7x1280 Lite0 features (the small encoder only fills the state's slot).
-  variables["params"]["decoder"] = cap.decoder.init(jax.random.PRNGKey(1), jnp.zeros((1, 7, 7, C)),
-                                                    jnp.zeros((1, 2), jnp.int32))["params"]
-  tx = train_lib.make_optimizer(cfg, 10_000)
-  state = jax.device_put(train_lib.create_state(variables, tx, 0))
+  variables["params"]["decoder"] = model.decoder.init(jax.random.PRNGKey(1), jnp.zeros((1, 7, 7, C)),
+                                                      jnp.zeros((1, 2), jnp.int32))["params"]
+  setup = train_state.build(cfg, model, variables, 10_000, trainable=("decoder",))
+  state = jax.device_put(setup.state)
   rng = np.random.default_rng(0)
   batch = {"grid": jnp.asarray(rng.normal(size=(b, 7, 7, C)), jnp.float16),
            "tokens": jnp.asarray(rng.integers(4, V, (b, t + 1)), jnp.int32),
            "mask": jnp.ones((b, t + 1), jnp.float32)}
-  return train_lib.make_train_step(cap, cfg, tx, train_encoder=False), state, batch
+  return train_state.make_train_step(setup, cfg, train_state.decoder_forward), state, batch
 
 
 def jax_train_step(b: int, t: int, repeats: int, deep_output: bool):

@@ -1,6 +1,6 @@
 """Frozen-encoder forward throughput (images/s), jitted, next to the PyTorch reference in the same run.
 
-    python bench/encoder.py [--batch_sizes 32 64] [--repeats 5]
+    python -m bench.encoder [--batch_sizes 32 64] [--repeats 5]
 
 EfficientNet-Lite0: jaxcap with the shifted depthwise kernel (the CPU default), jaxcap with XLA grouped
 convolution (before), and the efficientnet-lite-pytorch model. ResNet-50: jaxcap and a torchvision-layout
@@ -9,14 +9,11 @@ run. torch uses as many threads as JAX sees cores. Prints one JSON object. Needs
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import emit, machine, timeit  # noqa: E402
+from bench.common import emit, machine, timeit
 
 
 def main():

@@ -1,21 +1,18 @@
-"""EfficientNet-Lite0 with the real ImageNet weights: Flax vs the efficientnet-lite-pytorch model on real
-Flickr8k photos, and which input normalization the weights expect.
+"""Logit parity of the Flax EfficientNet-Lite0 with efficientnet-lite-pytorch, and the weights' normalization.
 
-    python bench/encoder_parity.py --data_dir ../shared/data/flickr8k [--num_images 64]
+    python -m bench.encoder_parity --data_dir ../shared/data/flickr8k [--num_images 64]
 
-Parity: max |logit difference| and top-5 agreement over the photos. Normalization: for photos whose captions
-say "dog" (at least 3 of 5), the share whose top-1 ImageNet class is a dog breed (classes 151-268) and the
-mean probability on dog breeds, under each candidate normalization. Needs requirements-torch.txt. Prints one JSON object.
+Both models with the real ImageNet weights, on real Flickr8k photos. Parity: max |logit difference| and
+top-5 agreement over the photos. Normalization: for photos whose captions say "dog" (at least 3 of 5), the
+share whose top-1 ImageNet class is a dog breed (classes 151-268) and the mean probability on dog breeds,
+under each candidate normalization. Needs requirements-torch.txt. Prints one JSON object.
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import emit  # noqa: E402
+from bench.common import emit
 
 NORMALIZATIONS = {"(x-127)/128": ((127,) * 3, (128,) * 3),
                   "imagenet mean/std": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),

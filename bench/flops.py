@@ -1,4 +1,4 @@
-"""FLOP counting, the machine's measured matmul peak and memory bandwidth, for achieved-rate figures."""
+"""FLOPs XLA counts for a function, and this machine's measured matmul peak and memory bandwidth."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,19 +1,15 @@
 """Images/s of the train tf.data pipeline (decode, resize, tokenize, shuffle, batch) on real data.
 
-    python bench/input_pipeline.py --data_dir ../shared/data/flickr8k [--batch_size 64 --size 224 --repeats 5]
+    python -m bench.input_pipeline --data_dir ../shared/data/flickr8k [--batch_size 64 --size 224 --repeats 5]
 
 Prints one JSON object. Not a test: figures depend on the machine.
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import emit, machine, timeit  # noqa: E402
-from jaxcap.data import flickr8k, pipeline  # noqa: E402
-from jaxcap.data import vocab as V  # noqa: E402
-from jaxcap.data.preprocessing import LITE, Preprocessing  # noqa: E402
+from bench.common import emit, machine, timeit
+from jaxcap.data import flickr8k, pipeline, tfds_builder
+from jaxcap.data import vocab as V
+from jaxcap.data.preprocessing import LITE, Preprocessing
 
 
 def main():
@@ -25,7 +21,7 @@ def main():
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--augment", action="store_true")
   a = p.parse_args()
-  builder = flickr8k.prepare(a.data_dir)
+  builder = tfds_builder.prepare(a.data_dir)
   src = flickr8k.scan(a.data_dir, check_images=False)
   vocab = V.Vocab.build(c for n in src.splits["train"] for c in src.captions[n])
   it = pipeline.train_batches(builder, vocab, batch_size=a.batch_size, max_len=24,

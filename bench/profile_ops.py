@@ -1,7 +1,7 @@
 """Where the time goes inside one jitted function: a jax.profiler trace, summed per HLO op and per source line.
 
-    python bench/profile_ops.py train_step [--batch 64] [--length 22] [--deep_output]
-    python bench/profile_ops.py beam_search [--batch 1] [--beam 5]
+    python -m bench.profile_ops train_step [--batch 64] [--length 22] [--deep_output]
+    python -m bench.profile_ops beam_search [--batch 1] [--beam 5]
 
 Runs the function once to compile, traces `--calls` calls with `jax.profiler.trace(create_perfetto_trace=True)`,
 and sums the trace's op events by name. Each op name is looked up in the compiled HLO of the same executable,
@@ -16,15 +16,12 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.common import emit, machine  # noqa: E402
+from bench.common import emit, machine
 
 V, E, H, A, N, C = 3000, 512, 512, 512, 49, 1280
 SKIP = ("$", "Thunk", "Pjit", "Slinky", "Common", "ThreadpoolListener", "end: ")

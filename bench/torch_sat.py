@@ -1,7 +1,9 @@
-"""The common PyTorch Show-Attend-Tell decoder, written the way the widely used implementation does it:
-the encoder grid is projected for attention again at EVERY time step, a Python loop calls nn.LSTMCell, the
-batch shrinks as short captions end, and beam search takes one image at a time. Same sizes as jaxcap's
-decoder. Used only by the benchmarks, as the baseline every figure is divided by.
+"""The PyTorch Show-Attend-Tell baseline the decoder benchmarks measure jaxcap against (bench.decoder).
+
+Written the way the widely used implementation does it: the encoder grid is projected for attention again at
+EVERY time step, a Python loop calls nn.LSTMCell, the batch shrinks as short captions end, and beam search
+takes one image at a time. Same sizes as jaxcap's decoder. Used only by the benchmarks, as the baseline every
+figure is divided by.
 """
 import torch
 import torch.nn.functional as F

@@ -43,7 +43,6 @@ def main(argv=None) -> int:
 
   import numpy as np
 
-  from jaxcap.data.batching import pad_rows
   from jaxcap.data.images import ImageError
   from jaxcap.inference import Captioner, CheckpointError
 
@@ -81,8 +80,8 @@ def main(argv=None) -> int:
         errors[f] = str(e)
     captions = {}
     if pixels:
-      batch = pad_rows(np.stack(pixels), a.batch_size)
-      results = cap.caption_pixels(batch, a.beam, a.max_len, a.alpha)[:len(pixels)]
+      # Always a.batch_size rows (the last chunk padded): one compiled shape for the whole run.
+      results = cap.caption_pixels(np.stack(pixels), a.beam, a.max_len, a.alpha, batch_size=a.batch_size)
       captions = {f: r.caption for f, r in zip(ok, results)}
     for f in chunk:  # input order
       if f in errors:

@@ -17,9 +17,6 @@ import os
 import sys
 import time
 
-import numpy as np
-from tqdm import tqdm
-
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m jaxcap.evaluate", description=__doc__.split("\n")[0])
@@ -35,19 +32,16 @@ def main(argv=None) -> int:
   p.add_argument("--no_meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
   a = p.parse_args(argv)
 
-  import jax.numpy as jnp
-
-  import jaxcap.data as data_lib
-  from jaxcap import decode, metrics
-  from jaxcap.data import batching, flickr8k, pipeline
+  from jaxcap import evaluator, feature_cache, metrics
+  from jaxcap.data import DataError, resolve_data_dir, tfds_builder
   from jaxcap.data.images import ImageError
   from jaxcap.inference import Captioner, CheckpointError
 
   try:
     cap = Captioner.load(a.checkpoint)
-    data_dir = a.data_dir or data_lib.resolve_data_dir(cap.config.data)
-    builder = flickr8k.prepare(data_dir, (cap.config.data.tfds_dir or None) if not a.data_dir else None)
-  except (CheckpointError, flickr8k.DataError, ImageError) as e:
+    data_dir = a.data_dir or resolve_data_dir(cap.config.data)
+    builder = tfds_builder.prepare(data_dir, (cap.config.data.tfds_dir or None) if not a.data_dir else None)
+  except (CheckpointError, DataError, ImageError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   log = lambda *x: print(*x, file=sys.stderr)  # noqa: E731
@@ -56,47 +50,24 @@ def main(argv=None) -> int:
   log(f"{cap.source}: {a.split} split of {data_dir}, {n} images, beam {a.beam}")
 
   t0 = time.time()
-  grids, names, refs = [], [], []
-  for batch in tqdm(pipeline.eval_batches(builder, split=a.split, batch_size=a.batch_size,
-                                          preprocessing=cap.preprocessing), total=-(-n // a.batch_size),
-                    desc="encode", unit="batch"):
-    k = int(batch["valid"].sum())
-    grids.append(np.asarray(cap.encode(batch["image"]))[:k])
-    names += [f.decode() for f in batch["filename"][:k]]
-    refs += pipeline.references(batch)
-    if len(names) >= n:
-      break
-  grids, names, refs = np.concatenate(grids)[:n], names[:n], refs[:n]
+  # Raw images through the training pipeline's decode and resize and the checkpoint's encoder: what a user of
+  # the Captioner gets.
+  inputs = feature_cache.encode_split(cap.encode, builder, a.split, cap.preprocessing, a.batch_size, n,
+                                      progress=True)
   encode_s = time.time() - t0
-
-  dparams = cap.variables["params"]["decoder"]
   results = []
   for alpha in a.alphas:
     t1 = time.time()
-    hyps, beams = [], []
-    for i in tqdm(range(0, n, a.batch_size), desc=f"decode alpha={alpha:g}", unit="batch"):
-      g = grids[i:i + a.batch_size]
-      k = len(g)
-      g = batching.pad_rows(g, a.batch_size)
-      if a.beam <= 1:
-        toks, _ = decode.greedy(cap.model.decoder, dparams, jnp.asarray(g), a.max_len)
-        toks = np.asarray(toks)[:k, None]
-        scores = np.zeros(toks.shape[:2])
-      else:
-        toks, scores, _, _ = decode.beam_search(cap.model.decoder, dparams, jnp.asarray(g), a.beam, a.max_len, alpha)
-        toks, scores = np.asarray(toks)[:k], np.asarray(scores)[:k]
-      for row, sc in zip(toks, scores):
-        caps = [cap.vocab.decode(t) for t in row]
-        hyps.append(caps[0])
-        beams.append([{"caption": c, "score": float(s)} for c, s in zip(caps, sc)])
-    decode_s = time.time() - t1
-    m = metrics.all_metrics(hyps, refs, meteor=not a.no_meteor)
-    results.append({"alpha": alpha, **m, "decode_s": decode_s, "hyps": hyps, "beams": beams})
+    settings = evaluator.Settings(a.beam, a.max_len, alpha, a.batch_size)
+    ev = evaluator.evaluate(cap.model.decoder, cap.variables["params"]["decoder"], inputs, settings, cap.vocab,
+                            scorer=lambda h, r: metrics.all_metrics(h, r, meteor=not a.no_meteor))
+    results.append({"alpha": alpha, **ev.metrics, "decode_s": time.time() - t1, "hyps": ev.captions,
+                    "beams": [[{"caption": c, "score": s} for c, s in b] for b in ev.beams]})
 
   best = results[0]
   out = a.out or os.path.join(os.path.abspath(a.checkpoint), f"eval_{a.split}_beam{a.beam}.jsonl")
   with open(out, "w") as f:
-    for name, h, b, r in zip(names, best["hyps"], best["beams"], refs):
+    for name, h, b, r in zip(inputs.names, best["hyps"], best["beams"], inputs.references):
       f.write(json.dumps({"image": name, "caption": h, "beams": b, "references": r,
                           "bleu4": metrics.sentence_bleu4(h, r)}) + "\n")
   cols = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"]

@@ -2,23 +2,34 @@
 
 Layout: <cache_dir>/<split>.npy [N, h, w, C] float16 and <split>.json (file names, in row order). Files are
 written under a temporary name and renamed when complete, so a crash never leaves a half cache that looks whole.
-The cache directory name hashes everything the features depend on (dataset, encoder, weights file, size).
+The cache directory name hashes everything the features depend on (dataset, encoder, weights file, pixels,
+size); `directory` is the one place that key is made.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from jaxcap import paths
 from jaxcap.data import pipeline
+from jaxcap.evaluator import SplitInputs
 
 
-def cache_dir(root: str, dataset_dir: str, encoder_name: str, weights_id: str, size: int) -> str:
+def directory(root: str, dataset_dir: str, encoder_name: str, weights_file: str | None, seed: int,
+              size: int) -> str:
+  """The cache folder for features of `dataset_dir` by this encoder with these weights (random init: the seed)
+  at input `size`, under `root` ("" = <cache root>/features)."""
+  root = root or os.path.join(paths.cache_root(), "features")
+  weights_id = (os.path.basename(weights_file) + str(os.path.getmtime(weights_file)) if weights_file
+                else f"random-seed{seed}")
+  weights_id += f"|pixels{pipeline.PIXELS_VERSION}"
   key = f"{os.path.abspath(dataset_dir)}|{encoder_name}|{weights_id}|{size}"
   return os.path.join(root, f"{encoder_name}-{size}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
 
@@ -29,6 +40,38 @@ def load(directory: str, split: str) -> tuple[list[str], np.ndarray] | None:
     return None
   with open(names) as f:
     return json.load(f), np.load(npy)
+
+
+def encode_batches(builder, split: str, encode: Callable, preprocessing, batch_size: int,
+                   limit: int = 0) -> Iterator[tuple[list[str], np.ndarray, list[list[str]]]]:
+  """(names, grids, references) of each eval batch of `split` (its valid rows; the first `limit` images),
+  grids = encode(uint8 images [batch_size, S, S, 3]) as numpy."""
+  seen = 0
+  for batch in pipeline.eval_batches(builder, split=split, batch_size=batch_size, preprocessing=preprocessing):
+    k = int(batch["valid"].sum())
+    if limit:
+      k = min(k, limit - seen)
+    grids = np.asarray(encode(batch["image"]))[:k]
+    yield [f.decode() for f in batch["filename"][:k]], grids, pipeline.references(batch)[:k]
+    seen += k
+    if limit and seen >= limit:
+      return
+
+
+def encode_split(encode: Callable, builder, split: str, preprocessing, batch_size: int, limit: int = 0,
+                 progress: bool = False) -> SplitInputs:
+  """Every image of `split` (the first `limit`) through the eval pipeline and `encode(images)`, kept in memory
+  (not cached: the encoder may be training)."""
+  n = builder.info.splits[split].num_examples
+  names, grids, refs = [], [], []
+  bar = tqdm(total=min(n, limit or n), desc=f"encode {split}", unit="img", disable=not progress)
+  for batch_names, g, r in encode_batches(builder, split, encode, preprocessing, batch_size, limit):
+    names += batch_names
+    grids.append(g)
+    refs += r
+    bar.update(len(g))
+  bar.close()
+  return SplitInputs(names, np.concatenate(grids), refs)
 
 
 def extract(builder, split: str, encoder, variables, directory: str, batch_size: int = 32,
@@ -43,15 +86,13 @@ def extract(builder, split: str, encoder, variables, directory: str, batch_size:
   names, out = [], None
   tmp = os.path.join(directory, f"{split}.tmp.npy")
   bar = tqdm(total=n, desc=f"features {split}", unit="img", disable=not verbose)
-  for batch in pipeline.eval_batches(builder, split=split, batch_size=batch_size,
-                                     preprocessing=encoder.preprocessing):
-    grid = np.asarray(encode(variables, batch["image"]))
+  for batch_names, grid, _ in encode_batches(builder, split, lambda x: encode(variables, x),
+                                             encoder.preprocessing, batch_size):
     if out is None:
       out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + grid.shape[1:])
-    k = int(batch["valid"].sum())
-    out[len(names):len(names) + k] = grid[:k]
-    names += [f.decode() for f in batch["filename"][:k]]
-    bar.update(k)
+    out[len(names):len(names) + len(grid)] = grid
+    names += batch_names
+    bar.update(len(grid))
   bar.close()
   assert out is not None and len(names) == n, (len(names), n)
   out.flush()

@@ -1,4 +1,5 @@
-"""Encoder + decoder as one Flax module; `make_captioner` builds it from a config."""
+"""The Flax captioning model: encoder + decoder as one module (`CaptionModel`); `make_model` builds it from a
+config. (The inference class that loads checkpoints is `jaxcap.inference.Captioner`.)"""
 from __future__ import annotations
 
 import jax
@@ -9,7 +10,7 @@ from jaxcap.models import encoders
 from jaxcap.models.decoder import Decoder
 
 
-class Captioner(nn.Module):
+class CaptionModel(nn.Module):
   """Variables: params/{encoder,decoder}, batch_stats/encoder."""
   encoder: nn.Module
   decoder: Decoder
@@ -24,11 +25,16 @@ class Captioner(nn.Module):
     return self.encoder(images, train=train_encoder)[0]
 
 
+def encode_fn(model: CaptionModel):
+  """jitted (variables {params, batch_stats}, images uint8 [B, S, S, 3]) -> grid [B, h, w, C], eval mode."""
+  return jax.jit(lambda v, x: model.apply(v, x, method=CaptionModel.encode))
+
+
 def dtype_of(name: str):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def make_captioner(model_config, vocab_size: int) -> Captioner:
+def make_model(model_config, vocab_size: int) -> CaptionModel:
   dtype = dtype_of(model_config.dtype)
   enc = encoders.make_encoder(model_config.encoder, dtype=dtype, image_size=model_config.image_size,
                               depthwise_impl=model_config.get("depthwise_impl", "auto"))
@@ -36,4 +42,4 @@ def make_captioner(model_config, vocab_size: int) -> Captioner:
                 hidden_dim=model_config.hidden_dim, attention_dim=model_config.attention_dim,
                 dropout=model_config.dropout, embed_dropout=model_config.get("embed_dropout", 0.0),
                 deep_output=model_config.get("deep_output", False), dtype=dtype)
-  return Captioner(enc, dec)
+  return CaptionModel(enc, dec)

@@ -1,0 +1,79 @@
+"""The one evaluator: decoder parameters + a split's inputs (feature grids, references) -> captions + metrics.
+
+Training validation, the final test evaluation, `jaxcap.evaluate`, the `Captioner` (and through it
+`jaxcap.caption` and the app) all decode through `decode_grids`, so the figure training prints and the one
+`jaxcap.evaluate` reports come from the same code. Grids go in fixed-size batches (the last one padded with
+zero rows, which are cut again): one compilation per batch size.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcap import decode, metrics
+from jaxcap.data import batching
+from jaxcap.data.vocab import Vocab
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How to decode: beam_size 1 is greedy; alpha is the GNMT length penalty of beam search."""
+  beam_size: int = 1
+  max_len: int = 20
+  alpha: float = 0.0
+  batch_size: int = 64
+
+
+@dataclasses.dataclass
+class SplitInputs:
+  """What the evaluator decodes for a split: one feature grid per image, with its names and references."""
+  names: list[str]
+  grids: np.ndarray                  # [N, h, w, C]
+  references: list[list[str]]        # raw reference captions per image ([] when there are none)
+
+
+@dataclasses.dataclass
+class Decoded:
+  """K captions per image, best first (K = 1 for greedy)."""
+  tokens: np.ndarray                 # [N, K, max_len] int32, <pad> after <end>
+  scores: np.ndarray                 # [N, K] ranking score (log-probability / length penalty; 0 for greedy)
+  log_probs: np.ndarray              # [N, K] (0 for greedy)
+  alphas: np.ndarray                 # [N, K, max_len, h*w] attention of every token (attend mode)
+
+
+def decode_grids(decoder, params, grids: np.ndarray, settings: Settings) -> Decoded:
+  """Greedy or beam-search captions for grids [N, h, w, C], in batches of settings.batch_size."""
+  parts = []
+  for i in range(0, len(grids), settings.batch_size):
+    chunk = grids[i:i + settings.batch_size]
+    n = len(chunk)
+    g = jnp.asarray(batching.pad_rows(chunk, settings.batch_size))
+    if settings.beam_size <= 1:
+      tokens, alphas = decode.greedy(decoder, params, g, settings.max_len)
+      tokens, alphas = np.asarray(tokens)[:n, None], np.asarray(alphas)[:n, None]
+      scores = log_probs = np.zeros(tokens.shape[:2], np.float32)
+    else:
+      tokens, scores, log_probs, alphas = (np.asarray(a)[:n] for a in decode.beam_search(
+          decoder, params, g, settings.beam_size, settings.max_len, settings.alpha))
+    parts.append((tokens, scores, log_probs, alphas))
+  return Decoded(*(np.concatenate(p) for p in zip(*parts)))
+
+
+@dataclasses.dataclass
+class Evaluation:
+  captions: list[str]                # the best caption of each image
+  beams: list[list[tuple[str, float]]]  # every beam's (caption, score), best first
+  metrics: dict                      # what `scorer` returned
+
+
+def evaluate(decoder, params, inputs: SplitInputs, settings: Settings, vocab: Vocab,
+             scorer: Callable[[Sequence[str], Sequence[Sequence[str]]], dict] = metrics.bleu) -> Evaluation:
+  """Decodes every grid of `inputs` and scores the best captions against the references."""
+  out = decode_grids(decoder, params, inputs.grids, settings)
+  beams = [[(vocab.to_text(t), float(s)) for t, s in zip(toks, scores)]
+           for toks, scores in zip(out.tokens, out.scores)]
+  captions = [b[0][0] for b in beams]
+  return Evaluation(captions, beams, scorer(captions, inputs.references))

@@ -1,0 +1,133 @@
+"""Feeds: one class per way of feeding the train step. `make_feed` is the one place the config's regime is read.
+
+A feed knows
+  - `steps_per_epoch`;
+  - `trainable`: the parameter groups the step differentiates;
+  - `forward(step)`: how the step runs the model on its batches at `step`, one of `step_forwards(config)`
+    (one jitted step each);
+  - `batches(start, stop)`: this process's batches for steps start..stop-1, a pure function of the step, so a
+    resumed run sees exactly the batches the uninterrupted one would;
+  - `eval_inputs(split, variables, limit)`: what validation decodes (`evaluator.SplitInputs`).
+Every feed is built as Feed(config, builder, model, variables, vocab, train, dev, log, verbose). Adding a way of
+training is one new class here and one entry in FEEDS; the loop (`train_lib`) never asks which one it has.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from jaxcap import feature_cache, train_state
+from jaxcap.data import batching, pipeline, tfds_builder
+from jaxcap.data import vocab as vocab_lib
+from jaxcap.evaluator import SplitInputs
+from jaxcap.models.caption_model import CaptionModel, encode_fn
+
+class CachedFeatures:
+  """Frozen encoder: every image encoded once into the feature cache; the decoder trains on the grids, with
+  length-bucketed batches of caption indices (`batching.Schedule`)."""
+  trainable = ("decoder",)
+
+  def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
+               train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
+    self.config, self.builder, self.model = config, builder, model
+    t = config.train
+    self.enc_vars = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
+    self.directory = feature_cache.directory(
+        config.data.feature_cache_dir, builder.data_dir, config.model.encoder,
+        train_state.weights_path(config) if config.model.pretrained else None, config.seed,
+        model.encoder.preprocessing.size)
+    t0 = time.time()
+    names, self.train_feats = self._features("train", verbose)
+    if names != train[0]:
+      raise train_state.TrainError(f"feature cache order differs from the dataset; delete {self.directory}")
+    self.dev_names, self.dev_feats = self._features("dev", verbose)
+    self.dev_caps = dev[1]
+    log(f"features ready in {time.time() - t0:.0f}s: {self.directory} train {self.train_feats.shape}")
+    self.pairs = batching.caption_pairs(train[0], train[1], vocab, config.data.max_len)
+    self.schedule = batching.Schedule(self.pairs.lengths, t.batch_size, config.seed, bucket=t.length_bucketing)
+    self.steps_per_epoch = self.schedule.steps_per_epoch
+
+  def _features(self, split: str, verbose: bool = False):
+    return feature_cache.extract(self.builder, split, self.model.encoder, self.enc_vars, self.directory,
+                                 self.config.train.eval_batch_size, verbose=verbose)
+
+  @staticmethod
+  def step_forwards(config) -> dict[str, train_state.Forward]:
+    return {"step": train_state.decoder_forward}
+
+  def forward(self, step: int) -> train_state.Forward:
+    return train_state.decoder_forward
+
+  def batches(self, start: int, stop: int) -> Iterator[dict]:
+    per_proc = self.config.train.batch_size // jax.process_count()
+    lo = jax.process_index() * per_proc
+    for step in range(start, stop):
+      idx = self.schedule.batch(step)
+      length = self.schedule.padded_length(idx, self.config.data.max_len)
+      idx = idx[lo:lo + per_proc]
+      tokens = self.pairs.tokens[idx, :length]
+      yield {"grid": self.train_feats[self.pairs.image_index[idx]], "tokens": tokens,
+             "mask": (tokens != vocab_lib.PAD_ID).astype(np.float32)}
+
+  def eval_inputs(self, split: str, variables: dict, limit: int = 0) -> SplitInputs:
+    """The split's cached grids (the features the decoder trained on; `variables` are not needed)."""
+    if split == "dev":
+      names, grids, caps = self.dev_names, self.dev_feats, self.dev_caps
+    else:
+      (names, grids), caps = self._features(split), tfds_builder.split_captions(self.builder, split)[1]
+    names, grids = names[:limit or None], grids[:limit or None]
+    return SplitInputs(names, grids, [caps[n] for n in names])
+
+
+class ImageStream:
+  """End to end from images through tf.data (decoded and resized every epoch, optionally augmented); the
+  encoder trains from `train.finetune_from_step` with its own learning rate."""
+  trainable = ("encoder", "decoder")
+
+  def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
+               train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
+    self.config, self.builder, self.model, self.vocab = config, builder, model, vocab
+    self.steps_per_epoch = sum(len(train[1][n]) for n in train[0]) // config.train.batch_size
+    self._frozen, self._training = self.step_forwards(config).values()
+    self._encode = encode_fn(model)
+
+  @staticmethod
+  def step_forwards(config) -> dict[str, train_state.Forward]:
+    return {"step_frozen_encoder": train_state.image_forward(False),
+            "step_train_encoder": train_state.image_forward(True)}
+
+  def forward(self, step: int) -> train_state.Forward:
+    return self._training if step >= self.config.train.finetune_from_step else self._frozen
+
+  def batches(self, start: int, stop: int) -> Iterator[dict]:
+    c, n_proc = self.config, jax.process_count()
+    per_proc = c.train.batch_size // n_proc
+    it = pipeline.train_batches(self.builder, self.vocab, batch_size=per_proc, max_len=c.data.max_len,
+                                preprocessing=self.model.encoder.preprocessing, augment=c.train.augment,
+                                seed=c.seed, process_index=jax.process_index(), process_count=n_proc,
+                                skip_examples=start * per_proc)
+    for _ in range(start, stop):
+      yield next(it)
+
+  def eval_inputs(self, split: str, variables: dict, limit: int = 0) -> SplitInputs:
+    """The split's images encoded with the current encoder `variables` (what a Captioner would see)."""
+    return feature_cache.encode_split(lambda x: self._encode(variables, x), self.builder, split,
+                                      self.model.encoder.preprocessing, self.config.train.eval_batch_size, limit)
+
+
+FEEDS = {"cached": CachedFeatures, "finetune": ImageStream}
+
+
+def feed_class(config):
+  """The feed class the config's `train.regime` names."""
+  if config.train.regime not in FEEDS:
+    raise train_state.TrainError(f"train.regime must be one of {', '.join(FEEDS)}, got {config.train.regime!r}")
+  return FEEDS[config.train.regime]
+
+
+def make_feed(config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
+              train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
+  return feed_class(config)(config, builder, model, variables, vocab, train, dev, log, verbose)

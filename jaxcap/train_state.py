@@ -1,0 +1,166 @@
+"""The train-state builder: model, initial variables (with pretrained encoder weights), optimizer, train state,
+and the train step. The trainer and every bench script build through here.
+
+    model, variables = train_state.init_model(config, vocab_size)
+    setup = train_state.build(config, model, variables, total_steps, trainable=("decoder",))
+    step = jax.jit(train_state.make_train_step(setup, config, forward), donate_argnums=0)
+
+The train state is a plain dict: step, params {encoder, decoder}, batch_stats, opt_state, rng.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from jaxcap import pretrained
+from jaxcap.models.caption_model import CaptionModel, make_model
+
+
+class TrainError(Exception):
+  """A problem the user can fix; the message is one line."""
+
+
+def weights_path(config) -> str:
+  p = config.model.pretrained
+  return pretrained.default_path(config.model.encoder) if p == "default" else p
+
+
+def init_model(config, vocab_size: int) -> tuple[CaptionModel, dict]:
+  """The model and its initial variables (params and batch_stats), with the pretrained encoder weights the
+  config names. Deterministic in config.seed."""
+  model = make_model(config.model, vocab_size)
+  size = model.encoder.preprocessing.size
+  images = jnp.zeros((1, size, size, 3), jnp.uint8)
+  tokens = jnp.zeros((1, 2), jnp.int32)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(config.seed), images, tokens)
+  variables = jax.tree.map(np.asarray, dict(variables))
+  variables.setdefault("batch_stats", {"encoder": {}})
+  if config.model.pretrained:
+    loaded = pretrained.load(weights_path(config), config.model.encoder)
+    for col in ("params", "batch_stats"):
+      want = traverse_util.flatten_dict(variables[col]["encoder"]) if variables[col].get("encoder") else {}
+      have = traverse_util.flatten_dict(loaded.get(col, {}))
+      missing = [k for k in want if k not in have or have[k].shape != want[k].shape]
+      if missing:
+        raise TrainError(f"{weights_path(config)}: weights do not fit encoder {config.model.encoder!r} "
+                         f"(e.g. {'/'.join(missing[0])})")
+      if want:  # classifier weights in the file are not part of the encoder and are left out
+        variables[col]["encoder"] = traverse_util.unflatten_dict({k: have[k] for k in want})
+  return model, variables
+
+
+def _decay_mask(params):
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config, total_steps: int, train_encoder: bool) -> optax.GradientTransformation:
+  """Clipping, then AdamW (warmup + cosine) for the decoder; for the encoder its own AdamW from
+  `train.finetune_from_step` when `train_encoder`, else zero updates."""
+  t = config.train
+  warmup = min(t.warmup_steps, max(total_steps - 1, 1))
+
+  def cosine(peak, steps):
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), peak * t.final_lr_fraction)
+
+  decoder = optax.adamw(cosine(t.learning_rate, total_steps), weight_decay=t.weight_decay, mask=_decay_mask)
+  encoder = optax.set_to_zero()
+  if train_encoder:
+    start = t.finetune_from_step
+    sched = optax.join_schedules([optax.constant_schedule(0.0),
+                                  cosine(t.encoder_learning_rate, max(total_steps - start, 1))], [start])
+    encoder = optax.adamw(sched, weight_decay=t.weight_decay, mask=_decay_mask)
+  labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}  # noqa: E731
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                     optax.multi_transform({"encoder": encoder, "decoder": decoder}, labels))
+
+
+@dataclasses.dataclass
+class Setup:
+  model: CaptionModel
+  tx: optax.GradientTransformation
+  state: dict                       # host arrays; the trainer places them on the mesh
+  trainable: tuple[str, ...]        # the parameter groups that get gradients
+
+
+def build(config, model: CaptionModel, variables: dict, total_steps: int,
+          trainable: Sequence[str] = ("decoder",)) -> Setup:
+  tx = make_optimizer(config, total_steps, train_encoder="encoder" in trainable)
+  params = variables["params"]
+  state = {"step": np.zeros((), np.int32), "params": params, "batch_stats": variables["batch_stats"],
+           "opt_state": tx.init(params), "rng": np.asarray(jax.random.PRNGKey(config.seed + 1))}
+  return Setup(model, tx, state, tuple(trainable))
+
+
+# forward(model, params, batch_stats, batch, inputs, rng) -> (logits [B, T, V], alphas [B, T, N], batch_stats):
+# a feed's way of running the model on its batches (features or images).
+Forward = Callable[..., tuple]
+
+
+def make_train_step(setup: Setup, config, forward: Forward) -> Callable:
+  """train_step(state, batch) -> (state, metrics); batch: the feed's inputs plus tokens [B, T], mask [B, T].
+
+  Only `setup.trainable` parameter groups are differentiated; the others get zero gradients.
+  """
+  t, tx = config.train, setup.tx
+  decoder = setup.model.decoder
+  vocab_size = decoder.vocab_size
+
+  def loss_fn(trainable, params, batch_stats, batch, rng):
+    inputs, targets, mask = batch["tokens"][:, :-1], batch["tokens"][:, 1:], batch["mask"][:, 1:]
+    logits, alphas, new_stats = forward(setup.model, {**params, **trainable}, batch_stats, batch, inputs, rng)
+    labels = jax.nn.one_hot(targets, vocab_size)
+    if t.label_smoothing:
+      labels = optax.smooth_labels(labels, t.label_smoothing)
+    xent = optax.softmax_cross_entropy(logits, labels)
+    ntok = jnp.maximum(mask.sum(), 1.0)
+    ce = (xent * mask).sum() / ntok
+    penalty = jnp.float32(0.0)
+    if decoder.mode == "attend" and t.attention_penalty:
+      attended = (alphas * mask[:, :, None]).sum(1)                           # [B, N]
+      penalty = t.attention_penalty * jnp.mean((1.0 - attended) ** 2)
+    return ce + penalty, (ce, penalty, new_stats, ntok)
+
+  def train_step(state, batch):
+    rng, step_rng = jax.random.split(state["rng"])
+    step_rng = jax.random.fold_in(step_rng, state["step"])
+    params = state["params"]
+    trainable = {k: params[k] for k in setup.trainable}
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (ce, penalty, stats, ntok)), tgrads = grad_fn(trainable, params, state["batch_stats"], batch, step_rng)
+    grads = {k: tgrads[k] if k in tgrads else jax.tree.map(jnp.zeros_like, v) for k, v in params.items()}
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    new_state = {"step": state["step"] + 1, "params": new_params, "batch_stats": stats, "opt_state": opt_state,
+                 "rng": rng}
+    m = {"loss": loss, "ce": ce, "attention_penalty": penalty, "tokens": ntok,
+         "grad_norm": optax.global_norm(tgrads), "param_norm": optax.global_norm(new_params["decoder"])}
+    return new_state, m
+
+  return train_step
+
+
+def decoder_forward(model: CaptionModel, params, batch_stats, batch, inputs, rng):
+  """The decoder on cached feature grids (batch["grid"]); the encoder is not run."""
+  logits, alphas = model.decoder.apply({"params": params["decoder"]}, batch["grid"], inputs, train=True,
+                                       rngs={"dropout": rng})
+  return logits, alphas, batch_stats
+
+
+def image_forward(train_encoder: bool) -> Forward:
+  """Encoder + decoder on images (batch["image"]); the encoder trains (batch statistics updated) only when
+  `train_encoder`, else its output is a constant."""
+  def forward(model: CaptionModel, params, batch_stats, batch, inputs, rng):
+    variables = {"params": params, "batch_stats": batch_stats}
+    if not train_encoder:
+      logits, alphas = model.apply(variables, batch["image"], inputs, train=True, rngs={"dropout": rng})
+      return logits, alphas, batch_stats
+    (logits, alphas), upd = model.apply(variables, batch["image"], inputs, train=True, train_encoder=True,
+                                        rngs={"dropout": rng}, mutable=["batch_stats"])
+    return logits, alphas, upd["batch_stats"]
+  return forward
