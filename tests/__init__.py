@@ -1,0 +1,1 @@
+"""The pytest suite (`python -m pytest -q`; `-m "not slow"` for the fast tier)."""

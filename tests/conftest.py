@@ -1,11 +1,19 @@
-"""Shared fixtures: small Flickr8k-style folders generated on the fly (a fresh clone has no real data)."""
+"""Shared fixtures: small Flickr8k-style folders generated on the fly (a fresh clone has no real data), tiny
+training configs and a tiny trained model. Test modules import nothing from each other or from here: they
+take what they need as fixtures."""
 import csv
+import json
 import os
+import sys
+import types
 
 import numpy as np
 import pytest
 
+from configs import quickstart
 from jaxcap.data import synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -61,6 +69,13 @@ def make_flickr_fixture(root, layout: str) -> str:
 
 
 @pytest.fixture
+def quirks():
+  """The names and captions of the Flickr8k-style fixture folders, by role."""
+  return types.SimpleNamespace(TRAIN=TRAIN, DEV=DEV, TEST=TEST, NO_SPLIT=NO_SPLIT, TRUNCATED=TRUNCATED,
+                               GHOST=GHOST, captions=fixture_captions())
+
+
+@pytest.fixture
 def kaggle_dir(tmp_path):
   return make_flickr_fixture(str(tmp_path / "kaggle"), "kaggle")
 
@@ -73,3 +88,76 @@ def original_dir(tmp_path):
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
   return synthetic.write(str(tmp_path_factory.mktemp("synth")), num_images=200, size=32, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiny training runs
+# ---------------------------------------------------------------------------------------------------------
+def _tiny_overrides(synth_dir, regime="finetune"):
+  return {
+      "data.synthetic": True, "data.synthetic_dir": synth_dir, "data.synthetic_num_images": 48,
+      "data.synthetic_size": 32, "data.max_len": 12, "data.tfds_dir": os.path.join(synth_dir + "_tfds"),
+      "data.feature_cache_dir": synth_dir + "_features",
+      "model.image_size": 32, "model.embed_dim": 16, "model.hidden_dim": 32, "model.attention_dim": 16,
+      "train.regime": regime, "train.batch_size": 8, "train.num_steps": 30, "train.log_every": 1,
+      "train.eval_every": 15, "train.checkpoint_every": 10, "train.eval_batch_size": 8, "train.warmup_steps": 5,
+      "train.learning_rate": 1e-2, "train.encoder_learning_rate": 1e-2,
+  }
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+  """Where the tiny runs' synthetic dataset goes (generated and prepared by the first run that uses it)."""
+  return str(tmp_path_factory.mktemp("train") / "synth")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(synth):
+  """tiny_config(regime, **{"section.field": value}) -> a quickstart config shrunk to seconds of training."""
+  def make(regime="finetune", **extra):
+    c = quickstart.get_config()
+    for k, v in {**_tiny_overrides(synth, regime), **extra}.items():
+      section, field = k.split(".")
+      c[section][field] = v
+    return c
+  return make
+
+
+@pytest.fixture(scope="session")
+def train_cmd(synth):
+  """train_cmd(workdir, {"section.field": value}) -> the `python train.py` command line of a tiny run."""
+  def make(workdir, overrides):
+    flags = [f"--config.{k}={v}" for k, v in {**_tiny_overrides(synth), **overrides}.items()]
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--workdir", workdir, *flags]
+  return make
+
+
+def read_metrics(workdir):
+  """step -> loss, the last record per step (a resumed run re-logs the steps after its checkpoint)."""
+  out = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    r = json.loads(line)
+    if "loss" in r:
+      out[r["step"]] = r["loss"]
+  return out
+
+
+@pytest.fixture(name="read_metrics", scope="session")
+def read_metrics_fixture():
+  return read_metrics
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+  """(workdir, config) of a tiny model trained once for the inference, CLI and app tests."""
+  from jaxcap import train_lib
+  base = tmp_path_factory.mktemp("inference")
+  # 32x32 synthetic images, model input 24: the resize path is exercised.
+  cfg = quickstart.get_config()
+  for k, v in {**_tiny_overrides(str(base / "synth"), "cached"), "train.num_steps": 20,
+               "model.image_size": 24}.items():
+    section, field = k.split(".")
+    cfg[section][field] = v
+  workdir = str(base / "workdir")
+  train_lib.train_and_evaluate(cfg, workdir)
+  return workdir, cfg

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.test_inference import trained  # noqa: F401  (the module-scoped tiny trained model)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = os.path.join(ROOT, "serve_app.py")
@@ -32,7 +31,7 @@ def test_page_without_checkpoint_says_how_to_make_one():
   assert "python train.py" in at.info[0].value
 
 
-def test_upload_gets_captions_and_a_bad_file_gets_its_message(trained, monkeypatch):  # noqa: F811
+def test_upload_gets_captions_and_a_bad_file_gets_its_message(trained, monkeypatch):
   workdir, cfg = trained
   at = _app(workdir, monkeypatch)
   assert not at.exception
@@ -54,8 +53,9 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian chromium not installed (.ci/run installs it)")
-def test_browser_upload_shows_caption(trained, tmp_path):  # noqa: F811
+def test_browser_upload_shows_caption(trained, tmp_path):
   from playwright.sync_api import sync_playwright
   workdir, cfg = trained
   port = _free_port()

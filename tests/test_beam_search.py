@@ -1,3 +1,5 @@
+"""Beam search: beam 1 equals greedy, captions for every image whether or not <end> comes, brute-force optimality, no recompiles."""
+
 import itertools
 
 import jax

