@@ -1,0 +1,1 @@
+"""Training configs: `default.py` documents every field; the others override a few."""
