@@ -77,9 +77,10 @@ class Checkpoints:
   def restore_meta(self, step: int) -> dict:
     return self.latest.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
 
-  def restore_state(self, step: int, like, best: bool = False):
-    """The state saved at `step`, restored against `like` (a tree of arrays or ShapeDtypeStructs)."""
-    abstract = _abstract(like)
+  def restore_state(self, step: int, like, sharding, best: bool = False):
+    """The state saved at `step`, restored against `like` (arrays or ShapeDtypeStructs of the same tree)
+    straight into `sharding` (every process reads its own shards; no host copy to redistribute)."""
+    abstract = _abstract(like, sharding)
     manager = self.best if best else self.latest
     return manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract)}))[STATE]
 
@@ -94,9 +95,9 @@ class Checkpoints:
     self.best.wait_until_finished()
 
 
-def _abstract(tree):
+def _abstract(tree, sharding):
   import jax
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def _save_args(state, meta: dict):

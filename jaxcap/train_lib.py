@@ -144,15 +144,17 @@ def load_data(config, workdir: str, verbose: bool):
   return builder, vocab, train, dev
 
 
-def restore(ckpts: checkpoint.Checkpoints, state: dict, config, total_steps: int, log) -> tuple[dict, int, float]:
-  """(state, first step, best dev BLEU-4 so far): the latest checkpoint's, else the fresh state's."""
+def restore(ckpts: checkpoint.Checkpoints, state: dict, sharding, config, total_steps: int,
+            log) -> tuple[dict, int, float]:
+  """(state, first step, best dev BLEU-4 so far): the latest checkpoint's, else the fresh state's; placed in
+  `sharding` either way."""
   start = ckpts.latest_step()
   if start is None:
-    return state, 0, -1.0
+    return jax.device_put(state, sharding), 0, -1.0
   meta = ckpts.restore_meta(start)
   checkpoint.check_compatible(meta["config"], config, ckpts.workdir)
   log(f"resuming from {ckpts.workdir}/{checkpoint.LATEST}/{start} (step {start} of {total_steps})")
-  return ckpts.restore_state(start, state), start, meta.get("best_bleu4", -1.0)
+  return ckpts.restore_state(start, state, sharding), start, meta.get("best_bleu4", -1.0)
 
 
 def validate(feed, model, state_params, batch_stats, split: str, config, vocab, limit: int = 0) -> dict:
@@ -183,8 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise TrainError("set train.num_steps or train.num_epochs to a positive number")
   setup = train_state.build(config, model, variables, total_steps, feed.trainable)
   ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints)
-  state, start, best_bleu4 = restore(ckpts, setup.state, config, total_steps, log)
-  state = jax.device_put(state, replicated)
+  state, start, best_bleu4 = restore(ckpts, setup.state, replicated, config, total_steps, log)
   if is_main:
     vocab.save(os.path.join(workdir, "vocab.json"))
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -243,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     preemption.close()
   result.update(step=int(jax.device_get(state["step"])), best_dev_bleu4=best_bleu4, total_steps=total_steps)
   if t.final_test_eval and ckpts.best_step() is not None and "test" in builder.info.splits and not preemption.signal:
-    result.update(final_test(feed, model, ckpts, host_params(state), config, vocab, workdir, is_main, log))
+    result.update(final_test(feed, model, ckpts, state, replicated, config, vocab, workdir, is_main, log))
   return result
 
 
@@ -254,10 +255,10 @@ def check_finite(loss: float, step: int, ckpts: checkpoint.Checkpoints) -> None:
                      f"(lower train.learning_rate or raise train.grad_clip)")
 
 
-def final_test(feed, model, ckpts, like_state, config, vocab, workdir: str, is_main: bool, log) -> dict:
+def final_test(feed, model, ckpts, like_state, sharding, config, vocab, workdir: str, is_main: bool, log) -> dict:
   """Selected on dev, reported on test: greedy BLEU of the workdir's best-on-dev checkpoint."""
   best_step = ckpts.best_step()
-  best = ckpts.restore_state(best_step, like_state, best=True)
+  best = ckpts.restore_state(best_step, like_state, sharding, best=True)
   test = validate(feed, model, host_params(best["params"]), host_params(best["batch_stats"]), "test", config, vocab)
   writer = MetricWriter(workdir, is_main)
   writer.write(best_step, {**test, "selected_on": "dev_bleu4"})

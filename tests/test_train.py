@@ -15,7 +15,7 @@ from jaxcap.data import vocab as V
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("regime", ["cached", "finetune"])
+@pytest.mark.parametrize("regime", ["cached", pytest.param("finetune", marks=pytest.mark.slow)])
 def test_training_learns_and_leaves_a_complete_workdir(regime, tiny_config, read_metrics, tmp_path):
   workdir = str(tmp_path / regime)
   result = train_lib.train_and_evaluate(tiny_config(regime, **{"train.num_steps": 60}), workdir)
@@ -81,11 +81,14 @@ def test_one_device_and_eight_simulated_devices_give_the_same_losses(train_cmd, 
   np.testing.assert_allclose([losses[1][s] for s in range(1, 6)], [losses[0][s] for s in range(1, 6)], rtol=1e-4)
 
 
-def test_incompatible_checkpoint_names_the_field(tiny_config, tmp_path):
-  workdir = str(tmp_path / "w")
-  train_lib.train_and_evaluate(tiny_config("cached", **{"train.num_steps": 10}), workdir)
+def test_incompatible_checkpoint_names_the_field(trained):
+  workdir, cfg = trained
+  changed = cfg.copy_and_resolve_references()
+  changed.model.hidden_dim = 64
+  before = sorted(os.listdir(workdir))
   with pytest.raises(checkpoint.CheckpointError, match=r"model.hidden_dim: checkpoint has 32, config has 64"):
-    train_lib.train_and_evaluate(tiny_config("cached", **{"model.hidden_dim": 64}), workdir)
+    train_lib.train_and_evaluate(changed, workdir)
+  assert sorted(os.listdir(workdir)) == before  # refused before anything was written
 
 
 def test_vocabulary_mismatch_is_reported(tiny_config, tmp_path):
