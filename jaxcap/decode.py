@@ -1,4 +1,5 @@
-"""Caption decoding, jit-compiled and batched over images: greedy (beam search joins it later).
+"""Caption decoding, jit-compiled and batched over images: greedy, beam search, sampling, and the
+log-probability of given captions (teacher-forced, differentiable: what self-critical training needs).
 
 Decoders are addressed through `Decoder.init_state` / `Decoder.step`, so this module knows nothing of files or
 checkpoints.
@@ -50,6 +51,50 @@ def greedy(decoder: Decoder, params, grid: jax.Array, max_len: int = 20):
   init = (jnp.int32(0), state, start, jnp.zeros((b,), bool), tokens, alphas)
   _, _, _, _, tokens, alphas = jax.lax.while_loop(cond, body, init)
   return tokens, alphas
+
+
+@functools.partial(jax.jit, static_argnames=("decoder", "num_samples", "max_len"))
+def sample(decoder: Decoder, params, grid: jax.Array, rng: jax.Array, num_samples: int = 5, max_len: int = 20,
+           temperature: float | jax.Array = 1.0):
+  """`num_samples` captions per image of grid [B, h, w, C], each token drawn from softmax(logits / temperature).
+
+  Returns tokens [B, S, max_len] (<pad> after <end>) and log_probs [B, S, max_len]: the log-probability of each
+  drawn token under the distribution it was drawn from (0 after <end>). Not differentiated: use
+  `sequence_log_probs` for gradients. `temperature` is traced: changing it never recompiles.
+  """
+  variables = {"params": params}
+  b = grid.shape[0]
+  grid = jnp.repeat(grid, num_samples, axis=0)                                     # [B*S, h, w, C]
+  state = decoder.apply(variables, grid, method=Decoder.init_state)
+  temperature = jnp.asarray(temperature, jnp.float32)
+
+  def body(c, t):
+    state, prev, done = c
+    logits, _, state = decoder.apply(variables, state, prev, method=Decoder.step)
+    logp = jax.nn.log_softmax(allowed_logits(logits) / temperature)
+    tok = jax.random.categorical(jax.random.fold_in(rng, t), logp).astype(jnp.int32)
+    tok = jnp.where(done, vocab_lib.PAD_ID, tok)
+    lp = jnp.where(done, 0.0, jnp.take_along_axis(logp, tok[:, None], 1)[:, 0])
+    return (state, tok, done | (tok == vocab_lib.END_ID)), (tok, lp)
+
+  start = jnp.full((b * num_samples,), vocab_lib.START_ID, jnp.int32)
+  _, (tokens, log_probs) = jax.lax.scan(body, (state, start, jnp.zeros_like(start, bool)), jnp.arange(max_len))
+  shape = (b, num_samples, max_len)
+  return tokens.T.reshape(shape), log_probs.T.reshape(shape)
+
+
+def sequence_log_probs(decoder: Decoder, params, grid: jax.Array, tokens: jax.Array, train: bool = False,
+                       rng: jax.Array | None = None) -> jax.Array:
+  """Per-token log-probabilities [N, L] of given captions tokens [N, L] (as `sample` or `greedy` return them:
+  no <start>, <pad> after <end>) under the decoder, teacher-forced on those tokens; 0 after <end>.
+  Differentiable in params (self-critical training's policy gradient)."""
+  inputs = jnp.concatenate([jnp.full(tokens.shape[:1] + (1,), vocab_lib.START_ID, tokens.dtype), tokens[:, :-1]], 1)
+  rngs = {"dropout": rng} if train else {}
+  logits, _ = decoder.apply({"params": params}, grid, inputs, train=train, rngs=rngs)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(allowed_logits(logits)), tokens[..., None], -1)[..., 0]
+  # Real tokens: everything up to and including the first <end>.
+  ended_before = jnp.cumsum(tokens == vocab_lib.END_ID, axis=1) - (tokens == vocab_lib.END_ID)
+  return jnp.where((ended_before == 0) & (tokens != vocab_lib.PAD_ID), logp, 0.0)
 
 
 NEG_INF = -1.0e9

@@ -101,3 +101,25 @@ def test_greedy_without_end_returns_max_length_captions():
   d, grid, _, v = _setup("attend")
   tokens, _ = decode.greedy(d, _biased(v, 7)["params"], grid, max_len=9)  # 7: an ordinary word
   assert np.asarray(tokens).shape == (3, 9) and (np.asarray(tokens) == 7).all()
+
+
+def test_sampling_is_seeded_ends_cleanly_and_its_log_probs_match_teacher_forcing():
+  d, grid, _, v = _setup("attend")
+  key = jax.random.key(3)
+  toks, lps = decode.sample(d, v["params"], grid, key, num_samples=4, max_len=7)
+  again, _ = decode.sample(d, v["params"], grid, key, num_samples=4, max_len=7)
+  other, _ = decode.sample(d, v["params"], grid, jax.random.key(4), num_samples=4, max_len=7)
+  toks, lps = np.asarray(toks), np.asarray(lps)
+  assert toks.shape == (grid.shape[0], 4, 7) and np.array_equal(toks, np.asarray(again))
+  assert not np.array_equal(toks, np.asarray(other))
+  flat, flat_lp = toks.reshape(-1, 7), lps.reshape(-1, 7)
+  for row in flat:  # <pad> only after <end>, never <start>/<unk>
+    ends = np.flatnonzero(row == V.END_ID)
+    real = row[:ends[0] + 1] if len(ends) else row
+    assert not np.isin(real, [V.PAD_ID, V.START_ID, V.UNK_ID]).any()
+    assert (row[len(real):] == V.PAD_ID).all()
+  tf = decode.sequence_log_probs(d, v["params"], jnp.repeat(grid, 4, axis=0), jnp.asarray(flat))
+  np.testing.assert_allclose(np.asarray(tf), flat_lp, atol=1e-5)
+  grad = jax.grad(lambda p: decode.sequence_log_probs(d, p, jnp.repeat(grid, 4, axis=0), jnp.asarray(flat)).sum())(
+      v["params"])
+  assert np.abs(np.asarray(grad["out"]["kernel"])).sum() > 0
