@@ -34,7 +34,7 @@ def needed_train_gflop(b: int, t: int, deep_output: bool = False) -> float:
   return 3 * 2 * b * (t * per_step + per_image) / 1e9
 
 
-def make_jax_train_step(b: int, t: int, deep_output: bool):
+def make_jax_train_step(b: int, t: int, deep_output: bool, attention_backward: str = "auto"):
   """(train_step, state, batch): the shipped trainer's step for the 7x7x1280 decoder, batch b, length t."""
   import jax
   import jax.numpy as jnp
@@ -45,6 +45,7 @@ def make_jax_train_step(b: int, t: int, deep_output: bool):
   cfg = default.get_config()
   cfg.model.encoder, cfg.model.pretrained, cfg.model.image_size = "small_cnn", "", 32
   cfg.model.deep_output = deep_output
+  cfg.model.attention_backward = attention_backward
   model, variables = train_state.init_model(cfg, V)
   # The decoder as it is for 7x7x1280 Lite0 features (the small encoder only fills the state's slot).
   variables["params"]["decoder"] = model.decoder.init(jax.random.PRNGKey(1), jnp.zeros((1, 7, 7, C)),

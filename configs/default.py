@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.embed_dropout = 0.0
   # Xu et al.'s deep output layer (tanh(L [h; context] + E y_prev), embed_dim wide) before the vocabulary.
   c.model.deep_output = False
+  # Attention recurrence's backward pass in training: "manual" (hand-written, keeps weight gradients out of the
+  # time loop), "autodiff" (nn.scan differentiated by JAX), or "auto" (manual: faster on CPU; see bench/README.md).
+  c.model.attention_backward = "auto"
   # Compute dtype: float32, or bfloat16 on accelerators (parameters and optimizer state stay float32).
   c.model.dtype = "float32"
   # Depthwise conv kernel: auto (shifted slices on CPU, library conv elsewhere) | shifted | conv.

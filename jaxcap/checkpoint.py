@@ -17,8 +17,10 @@ import orbax.checkpoint as ocp
 
 LATEST, BEST = "checkpoints", "best"
 STATE, META = "state", "meta"
-# Config fields a resumed run must share with its checkpoint (the rest, e.g. num_steps, may change).
+# Config fields a resumed run must share with its checkpoint (the rest, e.g. num_steps, may change), and the
+# fields inside them that may change anyway because they change speed, not the function or the parameters.
 MUST_MATCH = ("seed", "data", "model", "train.regime", "train.batch_size")
+MAY_CHANGE = ("model.attention_backward",)
 
 
 class CheckpointError(Exception):
@@ -49,6 +51,10 @@ def _first_difference(a, b, prefix: str = "") -> str | None:
 
 def check_compatible(saved_config: dict, config, workdir: str) -> None:
   current = json.loads(config.to_json())
+  for dotted in MAY_CHANGE:
+    for tree in (saved_config, current):
+      *path, last = dotted.split(".")
+      _get(tree, ".".join(path)).pop(last, None)
   for field in MUST_MATCH:
     diff = _first_difference({field: _get(saved_config, field)}, {field: _get(current, field)})
     if diff:

@@ -21,6 +21,7 @@ from flax import linen as nn
 from jaxcap.models import attend_lstm
 
 MODES = ("show_tell", "attend")
+BACKWARDS = ("manual", "autodiff")
 
 
 
@@ -80,11 +81,16 @@ class Decoder(nn.Module):
   # Xu et al.'s deep output: logits = L_o(tanh(L_hz [h; z] + E y_prev)), an embed_dim-wide layer before the
   # vocabulary projection (3.5x less output work than projecting [h; z] directly).
   deep_output: bool = False
+  # Attend mode's training recurrence: "manual" (attend_lstm.attend_scan, hand-written backward) or "autodiff"
+  # (nn.scan over the cell, differentiated by JAX). The same function and parameters; only speed differs.
+  attention_backward: str = "manual"
   dtype: Any = jnp.float32
 
   def setup(self):
     if self.mode not in MODES:
       raise ValueError(f"decoder mode must be one of {MODES}, got {self.mode!r}")
+    if self.attention_backward not in BACKWARDS:
+      raise ValueError(f"attention_backward must be one of {BACKWARDS}, got {self.attention_backward!r}")
     self.embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
     self.embed_gates = nn.Dense(4 * self.hidden_dim, dtype=self.dtype, name="embed_gates")
     self.init_c = nn.Dense(self.hidden_dim, dtype=self.dtype, name="init_c")
@@ -119,7 +125,7 @@ class Decoder(nn.Module):
     x = self.embed_drop(emb, deterministic=not train)
     x_gates = self.embed_gates(x.astype(self.dtype))                                # [B, T, 4H]
 
-    if self.mode == "attend":
+    if self.mode == "attend" and self.attention_backward == "manual":
       # Time-major for lax.scan; the hand-written backward (attend_lstm) keeps weight gradients out of the loop.
       _, (outs, alphas) = attend_lstm.attend_scan(self.cell.weights(feats.shape[-1]), carry,
                                                   jnp.swapaxes(x_gates, 0, 1), feats, att_feats, self.dtype)
