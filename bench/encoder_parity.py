@@ -1,6 +1,6 @@
-"""Logit parity of the Flax EfficientNet-Lite0 with efficientnet-lite-pytorch, and the weights' normalization.
+"""Logit parity of the Flax EfficientNet-Lite0/1/2 with efficientnet-lite-pytorch, and the weights' normalization.
 
-    python -m bench.encoder_parity --data_dir ../shared/data/flickr8k [--num_images 64]
+    python -m bench.encoder_parity --data_dir ../shared/data/flickr8k [--num_images 64] [--encoder efficientnet_lite1]
 
 Both models with the real ImageNet weights, on real Flickr8k photos. Parity: max |logit difference| and
 top-5 agreement over the photos. Normalization: for photos whose captions say "dog" (at least 3 of 5), the
@@ -23,6 +23,8 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--data_dir", default="../shared/data/flickr8k")
   p.add_argument("--num_images", type=int, default=64)
+  p.add_argument("--encoder", default="efficientnet_lite0", choices=("efficientnet_lite0", "efficientnet_lite1",
+                                                                      "efficientnet_lite2"))
   a = p.parse_args()
   import jax
   import torch
@@ -35,12 +37,13 @@ def main():
 
   src = flickr8k.scan(a.data_dir, check_images=False)
   names = src.splits["test"][: a.num_images]
-  load = lambda n: np.asarray(Image.open(os.path.join(src.images_dir, n)).convert("RGB").resize((224, 224)))  # noqa
+  enc = encoders.make_encoder(a.encoder, num_classes=1000)
+  size = enc.preprocessing.size
+  load = lambda n: np.asarray(Image.open(os.path.join(src.images_dir, n)).convert("RGB").resize((size, size)))  # noqa
   imgs = np.stack([load(n) for n in names])
-  out = pretrained.convert("efficientnet_lite0", out="/tmp/jaxcap_lite0_parity.msgpack")
+  out = pretrained.convert(a.encoder, out=f"/tmp/jaxcap_{a.encoder}_parity.msgpack")
   variables = pretrained.load(out)
-  ref = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=pretrained.lite0_package_path()).eval()
-  enc = encoders.make_encoder("efficientnet_lite0", num_classes=1000)
+  ref = EfficientNet.from_pretrained(a.encoder.replace("_", "-"), weights_path=pretrained.lite_package_path(a.encoder)).eval()
   flax_logits = np.concatenate([np.asarray(jax.jit(lambda x: enc.apply(variables, x)[2])(imgs[i:i + 16]))
                                 for i in range(0, len(imgs), 16)])
   with torch.no_grad():
@@ -61,7 +64,7 @@ def main():
     top1 = probs.argmax(1)
     share[label] = float(((top1 >= 151) & (top1 <= 268)).mean())
     mass[label] = float(probs[:, 151:269].sum(1).mean())
-  emit({"bench": "encoder_parity", "encoder": "efficientnet_lite0", "parity": parity,
+  emit({"bench": "encoder_parity", "encoder": a.encoder, "image_size": size, "parity": parity,
         "dog_photos": len(dog_names), "dog_photos_top1_dog_breed_share": share,
         "dog_photos_mean_dog_probability": mass})
 

