@@ -40,13 +40,13 @@ def compile_steps(path: str) -> dict:
   size = model.encoder.preprocessing.size
   images = jnp.zeros((b, size, size, 3), jnp.uint8)
   out = {"regime": cfg.train.regime, "encoder": cfg.model.encoder, "dtype": cfg.model.dtype, "batch_size": b}
-  for name, forward in feed_cls.step_forwards(cfg).items():
-    batch = {"tokens": jnp.zeros((b, t), jnp.int32), "mask": jnp.ones((b, t), jnp.float32)}
-    if forward is train_state.decoder_forward:  # cached features: the encoder's grids, stored as float16
-      batch["grid"] = jnp.zeros(jax.eval_shape(encode_fn(model), variables, images).shape, jnp.float16)
-    else:
-      batch["image"] = images
-    step = jax.jit(train_state.make_train_step(setup, cfg, forward), donate_argnums=0)
+  batch = {"tokens": jnp.zeros((b, t), jnp.int32), "mask": jnp.ones((b, t), jnp.float32)}
+  if feed_cls.inputs == "grid":  # cached features: the encoder's grids, stored as float16
+    batch["grid"] = jnp.zeros(jax.eval_shape(encode_fn(model), variables, images).shape, jnp.float16)
+  else:
+    batch["image"] = images
+  for name, objective in feed_cls.step_objectives(cfg).items():
+    step = jax.jit(train_state.make_train_step(setup, objective), donate_argnums=0)
     t0 = time.perf_counter()
     lowered = step.lower(setup.state, batch)
     t1 = time.perf_counter()

@@ -56,7 +56,8 @@ def make_jax_train_step(b: int, t: int, deep_output: bool, attention_backward: s
   batch = {"grid": jnp.asarray(rng.normal(size=(b, 7, 7, C)), jnp.float16),
            "tokens": jnp.asarray(rng.integers(4, V, (b, t + 1)), jnp.int32),
            "mask": jnp.ones((b, t + 1), jnp.float32)}
-  return train_state.make_train_step(setup, cfg, train_state.decoder_forward), state, batch
+  objective = train_state.cross_entropy(cfg, train_state.decoder_forward)
+  return train_state.make_train_step(setup, objective), state, batch
 
 
 def jax_train_step(b: int, t: int, repeats: int, deep_output: bool):

@@ -36,8 +36,8 @@ def main():
   state = jax.device_put(setup.state)
   it = pipeline.train_batches(builder, vocab, batch_size=a.batch_size, max_len=cfg.data.max_len,
                               preprocessing=model.encoder.preprocessing, augment=True)
-  step = jax.jit(train_state.make_train_step(setup, cfg, train_state.image_forward(train_encoder=True)),
-                 donate_argnums=0)
+  objective = train_state.cross_entropy(cfg, train_state.image_forward(True))
+  step = jax.jit(train_state.make_train_step(setup, objective), donate_argnums=0)
   batch = jax.device_put(next(it))
   r_step, compile_s, _ = time_train_step(step, state, batch, a.repeats)
   n_batches = 20

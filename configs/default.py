@@ -56,8 +56,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.depthwise_impl = "auto"
 
   c.train = ml_collections.ConfigDict()
-  # "cached": frozen encoder, features encoded once and cached; "finetune": end to end from images.
+  # "cached": frozen encoder, features encoded once and cached; "finetune": end to end from images;
+  # "self_critical": CIDEr-D-rewarded sampling on the cached features (start it from a cross-entropy run).
   c.train.regime = "cached"
+  # Start from this workdir's (or checkpoint directory's) weights instead of fresh ones ("" = fresh).
+  c.train.init_from = ""
+  # The dev metric that picks the checkpoint kept in best/: bleu4 or cider.
+  c.train.select_metric = "bleu4"
+  # Self-critical: captions sampled per image (the baseline is the mean reward of the others), temperature.
+  c.train.scst_samples = 5
+  c.train.scst_temperature = 1.0
   # Global batch size (split over all devices of all processes).
   c.train.batch_size = 64
   # Length of training in epochs over the train captions; num_steps > 0 overrides it.

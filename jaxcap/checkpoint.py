@@ -2,10 +2,11 @@
 
     workdir/config.json  vocab.json  metrics.jsonl  tensorboard/
             checkpoints/<step>/{state,meta}   the latest `train.keep_checkpoints` saves (training resumes here)
-            best/<step>/{state,meta}          the best by dev BLEU-4 (inference reads this)
+            best/<step>/{state,meta}          the best by the dev metric `train.select_metric` (inference reads this)
 
 `state` is the train state (an Orbax PyTree save); `meta` (JSON) carries everything inference needs besides
-the weights: config, vocabulary, encoder preprocessing, step, and the best dev BLEU-4 so far. Only this
+the weights: config, vocabulary, encoder preprocessing, step, and the best dev score so far
+(`train.select_metric`). Only this
 module knows these names; the trainer writes and the `Captioner` reads through it.
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Checkpoints:
                                         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
     # Both managers may save at the same step: their multi-process barriers need distinct names.
     self.best = ocp.CheckpointManager(os.path.join(workdir, BEST), options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True, best_fn=lambda m: m["bleu4"], best_mode="max",
+        max_to_keep=1, create=True, best_fn=lambda m: m.get("score", m.get("bleu4")), best_mode="max",
         multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best")))
 
   def latest_step(self) -> int | None:
@@ -93,8 +94,8 @@ class Checkpoints:
   def save(self, step: int, state, meta: dict) -> None:
     self.latest.save(step, args=_save_args(state, meta), force=True)
 
-  def save_best(self, step: int, state, meta: dict, bleu4: float) -> None:
-    self.best.save(step, args=_save_args(state, meta), metrics={"bleu4": bleu4}, force=True)
+  def save_best(self, step: int, state, meta: dict, score: float) -> None:
+    self.best.save(step, args=_save_args(state, meta), metrics={"score": score}, force=True)
 
   def wait(self) -> None:
     self.latest.wait_until_finished()

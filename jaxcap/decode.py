@@ -92,9 +92,13 @@ def sequence_log_probs(decoder: Decoder, params, grid: jax.Array, tokens: jax.Ar
   rngs = {"dropout": rng} if train else {}
   logits, _ = decoder.apply({"params": params}, grid, inputs, train=train, rngs=rngs)
   logp = jnp.take_along_axis(jax.nn.log_softmax(allowed_logits(logits)), tokens[..., None], -1)[..., 0]
-  # Real tokens: everything up to and including the first <end>.
+  return jnp.where(caption_mask(tokens), logp, 0.0)
+
+
+def caption_mask(tokens: jax.Array) -> jax.Array:
+  """[N, L] bool: the real tokens of captions tokens [N, L], everything up to and including the first <end>."""
   ended_before = jnp.cumsum(tokens == vocab_lib.END_ID, axis=1) - (tokens == vocab_lib.END_ID)
-  return jnp.where((ended_before == 0) & (tokens != vocab_lib.PAD_ID), logp, 0.0)
+  return (ended_before == 0) & (tokens != vocab_lib.PAD_ID)
 
 
 NEG_INF = -1.0e9

@@ -3,8 +3,9 @@
 A feed knows
   - `steps_per_epoch`;
   - `trainable`: the parameter groups the step differentiates;
-  - `forward(step)`: how the step runs the model on its batches at `step`, one of `step_forwards(config)`
-    (one jitted step each);
+  - `inputs`: what its batches carry besides captions ("grid": cached features, "image": pixels);
+  - `objective(step)`: what the step at `step` minimizes, one of `step_objectives(config)` (one jitted step
+    each);
   - `batches(start, stop)`: this process's batches for steps start..stop-1, a pure function of the step, so a
     resumed run sees exactly the batches the uninterrupted one would;
   - `eval_inputs(split, variables, limit)`: what validation decodes (`evaluator.SplitInputs`).
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 
 from jaxcap import feature_cache, train_state
+from jaxcap.cider import CiderD
 from jaxcap.data import batching, pipeline, tfds_builder
 from jaxcap.data import vocab as vocab_lib
 from jaxcap.evaluator import SplitInputs
@@ -28,11 +30,12 @@ from jaxcap.models.caption_model import CaptionModel, encode_fn
 class CachedFeatures:
   """Frozen encoder: every image encoded once into the feature cache; the decoder trains on the grids, with
   length-bucketed batches of caption indices (`batching.Schedule`)."""
-  trainable = ("decoder",)
+  trainable, inputs = ("decoder",), "grid"
 
   def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
                train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
     self.config, self.builder, self.model = config, builder, model
+    [self._objective] = self.step_objectives(config).values()
     t = config.train
     self.enc_vars = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
     self.directory = feature_cache.directory(
@@ -55,11 +58,11 @@ class CachedFeatures:
                                  self.config.train.eval_batch_size, verbose=verbose)
 
   @staticmethod
-  def step_forwards(config) -> dict[str, train_state.Forward]:
-    return {"step": train_state.decoder_forward}
+  def step_objectives(config) -> dict[str, train_state.Objective]:
+    return {"step": train_state.cross_entropy(config, train_state.decoder_forward)}
 
-  def forward(self, step: int) -> train_state.Forward:
-    return train_state.decoder_forward
+  def objective(self, step: int) -> train_state.Objective:
+    return self._objective
 
   def batches(self, start: int, stop: int) -> Iterator[dict]:
     per_proc = self.config.train.batch_size // jax.process_count()
@@ -85,21 +88,21 @@ class CachedFeatures:
 class ImageStream:
   """End to end from images through tf.data (decoded and resized every epoch, optionally augmented); the
   encoder trains from `train.finetune_from_step` with its own learning rate."""
-  trainable = ("encoder", "decoder")
+  trainable, inputs = ("encoder", "decoder"), "image"
 
   def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
                train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
     self.config, self.builder, self.model, self.vocab = config, builder, model, vocab
     self.steps_per_epoch = sum(len(train[1][n]) for n in train[0]) // config.train.batch_size
-    self._frozen, self._training = self.step_forwards(config).values()
+    self._frozen, self._training = self.step_objectives(config).values()
     self._encode = encode_fn(model)
 
   @staticmethod
-  def step_forwards(config) -> dict[str, train_state.Forward]:
-    return {"step_frozen_encoder": train_state.image_forward(False),
-            "step_train_encoder": train_state.image_forward(True)}
+  def step_objectives(config) -> dict[str, train_state.Objective]:
+    return {"step_frozen_encoder": train_state.cross_entropy(config, train_state.image_forward(False)),
+            "step_train_encoder": train_state.cross_entropy(config, train_state.image_forward(True))}
 
-  def forward(self, step: int) -> train_state.Forward:
+  def objective(self, step: int) -> train_state.Objective:
     return self._training if step >= self.config.train.finetune_from_step else self._frozen
 
   def batches(self, start: int, stop: int) -> Iterator[dict]:
@@ -118,7 +121,59 @@ class ImageStream:
                                       self.model.encoder.preprocessing, self.config.train.eval_batch_size, limit)
 
 
-FEEDS = {"cached": CachedFeatures, "finetune": ImageStream}
+class CiderReward:
+  """CIDEr-D of sampled captions against their train image's references, with document frequencies from all
+  train references; <end> counts as a word on both sides, so a caption that stops mid-phrase ("a man in a")
+  loses the n-grams that end the references."""
+
+  def __init__(self, vocab: vocab_lib.Vocab, train: tuple[list[str], dict]):
+    self.vocab = vocab
+    self.refs = [[" ".join(vocab_lib.normalize(c) + [vocab_lib.END]) for c in train[1][n]] for n in train[0]]
+    self.scorer = CiderD(self.refs)
+
+  def text(self, tokens: np.ndarray) -> str:
+    ended = (tokens == vocab_lib.END_ID).any()
+    return " ".join(self.vocab.to_text(tokens).split() + ([vocab_lib.END] if ended else []))
+
+  def __call__(self, tokens: np.ndarray, image_index: np.ndarray) -> np.ndarray:
+    """tokens [B, S, L], image_index [B] (rows of the train split) -> rewards [B, S]."""
+    b, n, length = tokens.shape
+    hyps = [self.text(t) for t in tokens.reshape(-1, length)]
+    return self.scorer.score(hyps, self.refs, ref_index=np.repeat(image_index, n)).reshape(b, n)
+
+
+class SelfCritical(CachedFeatures):
+  """Self-critical sequence training on the cached features: batches of train images (not captions), each
+  image's captions sampled in the step and rewarded by CIDEr-D (`CiderReward`); starts from a cross-entropy
+  checkpoint (`train.init_from`). Epoch e's image order depends only on (seed, e)."""
+  trainable, inputs = ("decoder",), "grid"
+
+  def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
+               train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
+    super().__init__(config, builder, model, variables, vocab, train, dev, log, verbose)
+    if config.train.scst_samples < 2:
+      raise train_state.TrainError(f"train.scst_samples={config.train.scst_samples}: self-critical training needs "
+                                   f"at least 2 samples per image (the baseline is the others' mean reward)")
+    [self._objective] = self.step_objectives(config, CiderReward(vocab, train)).values()
+    n_images = len(self.train_feats)
+    self.schedule = batching.Schedule(np.zeros(n_images, np.int32), config.train.batch_size, config.seed,
+                                      bucket=False)
+    self.steps_per_epoch = self.schedule.steps_per_epoch
+
+  @staticmethod
+  def step_objectives(config, reward=None) -> dict[str, train_state.Objective]:
+    reward = reward or (lambda tokens, index: np.zeros(tokens.shape[:2], np.float32))
+    return {"step": train_state.self_critical(config, reward)}
+
+  def batches(self, start: int, stop: int) -> Iterator[dict]:
+    per_proc = self.config.train.batch_size // jax.process_count()
+    lo = jax.process_index() * per_proc
+    for step in range(start, stop):
+      idx = self.schedule.batch(step)[lo:lo + per_proc]
+      yield {"grid": self.train_feats[idx], "image_index": idx.astype(np.int32)}
+
+
+FEEDS = {"cached": CachedFeatures, "finetune": ImageStream, "self_critical": SelfCritical}
 
 
 def feed_class(config):

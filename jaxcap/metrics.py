@@ -31,6 +31,19 @@ def sentence_bleu4(hypothesis: str, references: Sequence[str]) -> float:
                              smoothing_function=SmoothingFunction().method1))
 
 
+def cider(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+  """Corpus CIDEr-D through pycocoevalcap, on normalized text (document frequencies from these references)."""
+  from pycocoevalcap.cider.cider import Cider
+  gts = {i: [" ".join(normalize(r)) for r in rs] for i, rs in enumerate(references)}
+  res = {i: [" ".join(normalize(h)) or "<empty>"] for i, h in enumerate(hypotheses)}
+  return float(Cider().compute_score(gts, res)[0])
+
+
+def bleu_and_cider(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+  """What training validates with: BLEU-1..4 and CIDEr-D (both fast; METEOR needs a Java process)."""
+  return {**bleu(hypotheses, references), "cider": cider(hypotheses, references)}
+
+
 def java_available() -> bool:
   import shutil
   import subprocess
@@ -46,12 +59,11 @@ def coco_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
   Text goes in normalized (the PTB tokenizer is not needed: normalization already lowercases and strips
   punctuation). METEOR needs Java; without it the result has meteor=None and a `note`.
   """
-  from pycocoevalcap.cider.cider import Cider
   from pycocoevalcap.rouge.rouge import Rouge
 
   gts = {i: [" ".join(normalize(r)) for r in rs] for i, rs in enumerate(references)}
   res = {i: [" ".join(normalize(h)) or "<empty>"] for i, h in enumerate(hypotheses)}
-  out = {"cider": float(Cider().compute_score(gts, res)[0]), "rouge_l": float(Rouge().compute_score(gts, res)[0])}
+  out = {"cider": cider(hypotheses, references), "rouge_l": float(Rouge().compute_score(gts, res)[0])}
   if meteor and java_available():
     from pycocoevalcap.meteor.meteor import Meteor
     out["meteor"] = float(Meteor().compute_score(gts, res)[0])  # the Java process ends with the object

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jaxcap import checkpoint, evaluator, feeds, train_state
+from jaxcap import checkpoint, evaluator, feeds, metrics, train_state
 from jaxcap.data import tfds_builder
 from jaxcap.data import resolve_data_dir
 from jaxcap.data import vocab as vocab_lib
@@ -146,7 +146,7 @@ def load_data(config, workdir: str, verbose: bool):
 
 def restore(ckpts: checkpoint.Checkpoints, state: dict, sharding, config, total_steps: int,
             log) -> tuple[dict, int, float]:
-  """(state, first step, best dev BLEU-4 so far): the latest checkpoint's, else the fresh state's; placed in
+  """(state, first step, best dev score so far): the latest checkpoint's, else the fresh state's; placed in
   `sharding` either way."""
   start = ckpts.latest_step()
   if start is None:
@@ -154,15 +154,17 @@ def restore(ckpts: checkpoint.Checkpoints, state: dict, sharding, config, total_
   meta = ckpts.restore_meta(start)
   checkpoint.check_compatible(meta["config"], config, ckpts.workdir)
   log(f"resuming from {ckpts.workdir}/{checkpoint.LATEST}/{start} (step {start} of {total_steps})")
-  return ckpts.restore_state(start, state, sharding), start, meta.get("best_bleu4", -1.0)
+  best = meta.get("best_score", meta.get("best_bleu4", -1.0))  # best_bleu4: checkpoints before select_metric
+  return ckpts.restore_state(start, state, sharding), start, best
 
 
 def validate(feed, model, state_params, batch_stats, split: str, config, vocab, limit: int = 0) -> dict:
-  """Greedy BLEU of real decoded captions (no teacher forcing) on `split`, through the one evaluator."""
+  """Greedy BLEU-1..4 and CIDEr-D of real decoded captions (no teacher forcing) on `split`, through the one
+  evaluator."""
   t0 = time.time()
   inputs = feed.eval_inputs(split, {"params": state_params, "batch_stats": batch_stats}, limit)
   settings = evaluator.Settings(1, config.train.decode_max_len, 0.0, config.train.eval_batch_size)
-  ev = evaluator.evaluate(model.decoder, state_params["decoder"], inputs, settings, vocab)
+  ev = evaluator.evaluate(model.decoder, state_params["decoder"], inputs, settings, vocab, metrics.bleu_and_cider)
   return {**{f"{split}_{k}": v for k, v in ev.metrics.items()}, f"{split}_decode_s": time.time() - t0,
           f"{split}_images": len(ev.captions), f"{split}_example": ev.captions[0]}
 
@@ -173,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   builder, vocab, train, dev = load_data(config, workdir, is_main)
-  model, variables = train_state.init_model(config, len(vocab))
+  model, variables = train_state.init_model(config, len(vocab), vocab.tokens)
   # One data axis over every device of every process; parameters replicated, batches sharded.
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -185,27 +187,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise TrainError("set train.num_steps or train.num_epochs to a positive number")
   setup = train_state.build(config, model, variables, total_steps, feed.trainable)
   ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints)
-  state, start, best_bleu4 = restore(ckpts, setup.state, replicated, config, total_steps, log)
+  state, start, best = restore(ckpts, setup.state, replicated, config, total_steps, log)
   if is_main:
     vocab.save(os.path.join(workdir, "vocab.json"))
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=1))
   n_dev = min(t.eval_num_images or len(dev[0]), len(dev[0]))
+  selected = f"dev_{t.select_metric}"  # the checkpoint kept in best/ is the best by this
 
   def meta(step: int, **extra) -> dict:
-    return checkpoint.metadata(step, config, vocab, model.encoder.preprocessing, best_bleu4=best_bleu4,
+    return checkpoint.metadata(step, config, vocab, model.encoder.preprocessing, best_score=best,
                                epoch=step / feed.steps_per_epoch, examples_seen=step * t.batch_size, **extra)
 
   def to_device(local: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(sharded, v) for k, v in local.items()}
 
-  steps = {}  # one jitted step per forward the feed uses
+  steps = {}  # one jitted step per objective the feed uses
 
   def step_fn(step: int):
-    forward = feed.forward(step)
-    if forward not in steps:
-      steps[forward] = jax.jit(train_state.make_train_step(setup, config, forward), donate_argnums=0)
-    return steps[forward]
+    objective = feed.objective(step)
+    if objective not in steps:
+      steps[objective] = jax.jit(train_state.make_train_step(setup, objective), donate_argnums=0)
+    return steps[objective]
 
   log(f"training {total_steps} steps ({feed.steps_per_epoch} per epoch, batch {t.batch_size}, "
       f"{jax.device_count()} device(s), regime {t.regime}) in {workdir}")
@@ -224,11 +227,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         v = validate(feed, model, host_params(state["params"]), host_params(state["batch_stats"]), "dev", config,
                      vocab, n_dev)
         writer.write(done, v)
-        log(f"\nstep {done}: dev BLEU-4 {v['dev_bleu4']:.4f} (BLEU-1 {v['dev_bleu1']:.3f}) "
-            f"e.g. {v['dev_example']!r}")
-        if v["dev_bleu4"] > best_bleu4:
-          best_bleu4 = v["dev_bleu4"]
-          ckpts.save_best(done, state, meta(done, dev=v), best_bleu4)
+        log(f"\nstep {done}: dev BLEU-4 {v['dev_bleu4']:.4f} (BLEU-1 {v['dev_bleu1']:.3f}, CIDEr-D "
+            f"{v['dev_cider']:.3f}) e.g. {v['dev_example']!r}")
+        if v[selected] > best:
+          best = v[selected]
+          ckpts.save_best(done, state, meta(done, dev=v), best)
         result.update(v)
       if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last or stop:
         check_finite(float(jax.device_get(step_metrics["loss"])), done, ckpts)
@@ -242,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpts.wait()
     writer.close()
     preemption.close()
-  result.update(step=int(jax.device_get(state["step"])), best_dev_bleu4=best_bleu4, total_steps=total_steps)
+  result.update({"step": int(jax.device_get(state["step"])), f"best_{selected}": best, "total_steps": total_steps})
   if t.final_test_eval and ckpts.best_step() is not None and "test" in builder.info.splits and not preemption.signal:
     result.update(final_test(feed, model, ckpts, state, replicated, config, vocab, workdir, is_main, log))
   return result
@@ -261,7 +264,7 @@ def final_test(feed, model, ckpts, like_state, sharding, config, vocab, workdir:
   best = ckpts.restore_state(best_step, like_state, sharding, best=True)
   test = validate(feed, model, host_params(best["params"]), host_params(best["batch_stats"]), "test", config, vocab)
   writer = MetricWriter(workdir, is_main)
-  writer.write(best_step, {**test, "selected_on": "dev_bleu4"})
+  writer.write(best_step, {**test, "selected_on": f"dev_{config.train.select_metric}"})
   writer.close()
   log(f"test BLEU-1..4 of the best-on-dev checkpoint (step {best_step}): " +
       " ".join(f"{test[f'test_bleu{n}']:.4f}" for n in range(1, 5)))

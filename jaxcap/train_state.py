@@ -3,7 +3,8 @@ and the train step. The trainer and every bench script build through here.
 
     model, variables = train_state.init_model(config, vocab_size)
     setup = train_state.build(config, model, variables, total_steps, trainable=("decoder",))
-    step = jax.jit(train_state.make_train_step(setup, config, forward), donate_argnums=0)
+    objective = train_state.cross_entropy(config, train_state.decoder_forward)   # or a feed's objective
+    step = jax.jit(train_state.make_train_step(setup, objective), donate_argnums=0)
 
 The train state is a plain dict: step, params {encoder, decoder}, batch_stats, opt_state, rng.
 """
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jaxcap import pretrained
+from jaxcap import checkpoint, decode, pretrained
 from jaxcap.models.caption_model import CaptionModel, make_model
 
 
@@ -31,9 +32,10 @@ def weights_path(config) -> str:
   return pretrained.default_path(config.model.encoder) if p == "default" else p
 
 
-def init_model(config, vocab_size: int) -> tuple[CaptionModel, dict]:
-  """The model and its initial variables (params and batch_stats), with the pretrained encoder weights the
-  config names. Deterministic in config.seed."""
+def init_model(config, vocab_size: int, vocab_tokens: Sequence[str] | None = None) -> tuple[CaptionModel, dict]:
+  """The model and its initial variables (params and batch_stats): the pretrained encoder weights the config
+  names, or all of `train.init_from`'s weights (a workdir or checkpoint, e.g. cross-entropy training before
+  self-critical; its vocabulary must be `vocab_tokens`). Deterministic in config.seed."""
   model = make_model(config.model, vocab_size)
   size = model.encoder.preprocessing.size
   images = jnp.zeros((1, size, size, 3), jnp.uint8)
@@ -52,6 +54,15 @@ def init_model(config, vocab_size: int) -> tuple[CaptionModel, dict]:
                          f"(e.g. {'/'.join(missing[0])})")
       if want:  # classifier weights in the file are not part of the encoder and are left out
         variables[col]["encoder"] = traverse_util.unflatten_dict({k: have[k] for k in want})
+  if config.train.get("init_from"):
+    state, meta, source = checkpoint.load(config.train.init_from)
+    if vocab_tokens is not None and list(meta["vocab"]) != list(vocab_tokens):
+      raise TrainError(f"{source}: train.init_from's vocabulary ({len(meta['vocab'])} tokens) differs from this "
+                       f"run's ({len(vocab_tokens)} tokens); start from a checkpoint trained on the same data")
+    loaded = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    if jax.tree.structure(loaded) != jax.tree.structure(variables):
+      raise TrainError(f"{source}: train.init_from's weights do not fit this config's model")
+    variables = jax.tree.map(np.asarray, loaded)
   return model, variables
 
 
@@ -100,21 +111,20 @@ def build(config, model: CaptionModel, variables: dict, total_steps: int,
 # forward(model, params, batch_stats, batch, inputs, rng) -> (logits [B, T, V], alphas [B, T, N], batch_stats):
 # a feed's way of running the model on its batches (features or images).
 Forward = Callable[..., tuple]
+# objective(model, params, batch_stats, batch, rng) -> (loss, metrics {name: scalar}, batch_stats): what a step
+# minimizes (cross-entropy on a forward, or the self-critical policy gradient).
+Objective = Callable[..., tuple]
 
 
-def make_train_step(setup: Setup, config, forward: Forward) -> Callable:
-  """train_step(state, batch) -> (state, metrics); batch: the feed's inputs plus tokens [B, T], mask [B, T].
+def cross_entropy(config, forward: Forward) -> Objective:
+  """Teacher-forced cross-entropy (label smoothing optional) plus the doubly stochastic attention penalty."""
+  t = config.train
 
-  Only `setup.trainable` parameter groups are differentiated; the others get zero gradients.
-  """
-  t, tx = config.train, setup.tx
-  decoder = setup.model.decoder
-  vocab_size = decoder.vocab_size
-
-  def loss_fn(trainable, params, batch_stats, batch, rng):
+  def objective(model: CaptionModel, params, batch_stats, batch, rng):
+    decoder = model.decoder
     inputs, targets, mask = batch["tokens"][:, :-1], batch["tokens"][:, 1:], batch["mask"][:, 1:]
-    logits, alphas, new_stats = forward(setup.model, {**params, **trainable}, batch_stats, batch, inputs, rng)
-    labels = jax.nn.one_hot(targets, vocab_size)
+    logits, alphas, new_stats = forward(model, params, batch_stats, batch, inputs, rng)
+    labels = jax.nn.one_hot(targets, decoder.vocab_size)
     if t.label_smoothing:
       labels = optax.smooth_labels(labels, t.label_smoothing)
     xent = optax.softmax_cross_entropy(logits, labels)
@@ -124,7 +134,21 @@ def make_train_step(setup: Setup, config, forward: Forward) -> Callable:
     if decoder.mode == "attend" and t.attention_penalty:
       attended = (alphas * mask[:, :, None]).sum(1)                           # [B, N]
       penalty = t.attention_penalty * jnp.mean((1.0 - attended) ** 2)
-    return ce + penalty, (ce, penalty, new_stats, ntok)
+    return ce + penalty, {"ce": ce, "attention_penalty": penalty, "tokens": ntok}, new_stats
+
+  return objective
+
+
+def make_train_step(setup: Setup, objective: Objective) -> Callable:
+  """train_step(state, batch) -> (state, metrics): one optimizer step on `objective`.
+
+  Only `setup.trainable` parameter groups are differentiated; the others get zero gradients.
+  """
+  tx = setup.tx
+
+  def loss_fn(trainable, params, batch_stats, batch, rng):
+    loss, aux, new_stats = objective(setup.model, {**params, **trainable}, batch_stats, batch, rng)
+    return loss, (aux, new_stats)
 
   def train_step(state, batch):
     rng, step_rng = jax.random.split(state["rng"])
@@ -132,17 +156,42 @@ def make_train_step(setup: Setup, config, forward: Forward) -> Callable:
     params = state["params"]
     trainable = {k: params[k] for k in setup.trainable}
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (ce, penalty, stats, ntok)), tgrads = grad_fn(trainable, params, state["batch_stats"], batch, step_rng)
+    (loss, (aux, stats)), tgrads = grad_fn(trainable, params, state["batch_stats"], batch, step_rng)
     grads = {k: tgrads[k] if k in tgrads else jax.tree.map(jnp.zeros_like, v) for k, v in params.items()}
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     new_state = {"step": state["step"] + 1, "params": new_params, "batch_stats": stats, "opt_state": opt_state,
                  "rng": rng}
-    m = {"loss": loss, "ce": ce, "attention_penalty": penalty, "tokens": ntok,
-         "grad_norm": optax.global_norm(tgrads), "param_norm": optax.global_norm(new_params["decoder"])}
+    m = {"loss": loss, **aux, "grad_norm": optax.global_norm(tgrads),
+         "param_norm": optax.global_norm(new_params["decoder"])}
     return new_state, m
 
   return train_step
+
+
+def self_critical(config, reward: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Objective:
+  """Self-critical sequence training (Rennie et al. 2017) with the mean reward of the same image's other samples
+  as the baseline (Luo 2020): `train.scst_samples` captions sampled per image (batch["grid"]), scored on the
+  host by `reward(tokens [B, S, L], batch["image_index"] [B]) -> [B, S]`, and the policy gradient
+  -(reward - baseline) * log p(caption), averaged over the sampled tokens (<end> included)."""
+  t = config.train
+  n = t.scst_samples
+
+  def objective(model: CaptionModel, params, batch_stats, batch, rng):
+    grid = batch["grid"]
+    b = grid.shape[0]
+    tokens, _ = decode.sample(model.decoder, jax.lax.stop_gradient(params["decoder"]), grid, rng, n,
+                              t.decode_max_len, t.scst_temperature)
+    rewards = jax.pure_callback(lambda tk, ix: np.asarray(reward(np.asarray(tk), np.asarray(ix)), np.float32),
+                                jax.ShapeDtypeStruct((b, n), jnp.float32), tokens, batch["image_index"])
+    advantage = rewards - (rewards.sum(1, keepdims=True) - rewards) / (n - 1)
+    flat = tokens.reshape(b * n, -1)
+    logp = decode.sequence_log_probs(model.decoder, params["decoder"], jnp.repeat(grid, n, axis=0), flat)
+    ntok = jnp.maximum(decode.caption_mask(flat).sum(), 1.0)
+    loss = -(advantage.reshape(-1, 1) * logp).sum() / ntok
+    return loss, {"reward": rewards.mean(), "advantage_abs": jnp.abs(advantage).mean(), "tokens": ntok}, batch_stats
+
+  return objective
 
 
 def decoder_forward(model: CaptionModel, params, batch_stats, batch, inputs, rng):
