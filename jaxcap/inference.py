@@ -72,18 +72,22 @@ class Captioner:
   def encode(self, pixels: np.ndarray) -> jax.Array:
     return self._encode(self.variables, jnp.asarray(pixels))
 
-  def caption_pixels(self, pixels: np.ndarray, beam_size: int = 1, max_len: int = 20, alpha: float = 0.0,
-                     batch_size: int | None = None) -> list[Result]:
-    """Captions for preprocessed pixels [N, S, S, 3], encoded and decoded in batches of `batch_size` (default:
-    all N at once). One compilation per (batch size, beam, max_len)."""
+  def encode_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Feature grids [N, h, w, C] for preprocessed pixels [N, S, S, 3], encoded in batches of `batch_size`
+    (default: all N at once; the last batch padded, so one compilation per batch size)."""
     batch_size = batch_size or len(pixels)
     grids = []
     for i in range(0, len(pixels), batch_size):
       chunk = pixels[i:i + batch_size]
       grids.append(np.asarray(self.encode(batching.pad_rows(chunk, batch_size)))[:len(chunk)])
-    grids = np.concatenate(grids)
+    return np.concatenate(grids)
+
+  def decode(self, grids: np.ndarray, beam_size: int = 1, max_len: int = 20, alpha: float = 0.0,
+             batch_size: int | None = None) -> list[Result]:
+    """Captions for feature grids [N, h, w, C] (from `encode_pixels`), through `evaluator.decode_grids` in
+    batches of `batch_size` (default: all N at once). One compilation per (batch size, beam, max_len)."""
     out = evaluator.decode_grids(self.model.decoder, self.variables["params"]["decoder"], grids,
-                                 evaluator.Settings(beam_size, max_len, alpha, batch_size))
+                                 evaluator.Settings(beam_size, max_len, alpha, batch_size or len(grids)))
     h, w = grids.shape[1:3]
     results = []
     for tokens, scores, log_probs, alphas in zip(out.tokens, out.scores, out.log_probs, out.alphas):
@@ -93,6 +97,13 @@ class Captioner:
       att = alphas[0, :n_words].reshape(n_words, h, w) if self.mode == "attend" else None
       results.append(Result(beams[0].caption, beams[0].caption.split(), beams, att))
     return results
+
+  def caption_pixels(self, pixels: np.ndarray, beam_size: int = 1, max_len: int = 20, alpha: float = 0.0,
+                     batch_size: int | None = None) -> list[Result]:
+    """Captions for preprocessed pixels [N, S, S, 3], encoded and decoded in batches of `batch_size` (default:
+    all N at once). One compilation per (batch size, beam, max_len)."""
+    batch_size = batch_size or len(pixels)
+    return self.decode(self.encode_pixels(pixels, batch_size), beam_size, max_len, alpha, batch_size)
 
   def caption(self, images: Sequence[images_lib.ImageInput], beam_size: int = 1, max_len: int = 20,
               alpha: float = 0.0, batch_size: int = 16) -> list[Result]:
