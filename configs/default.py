@@ -11,8 +11,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  # Flickr8k-style folder (either layout); "" with synthetic=True generates the synthetic dataset.
+  # What to read: "flickr8k" (a Flickr8k folder, either layout), "karpathy" (a Karpathy caption_datasets JSON
+  # plus its image folder: Flickr8k/Flickr30k/COCO) or "tfds:<name>" (a TFDS captioning dataset, e.g.
+  # "tfds:coco_captions"). Read in one place, jaxcap/data/dataset.py.
+  c.data.dataset = "flickr8k"
+  # flickr8k: the folder; karpathy: the image folder the JSON's [filepath/]filename paths are relative to;
+  # tfds: unused. "" with synthetic=True generates the synthetic dataset (a Flickr8k folder).
   c.data.data_dir = ""
+  # karpathy: the dataset_*.json ("" = the single dataset_*.json in data_dir).
+  c.data.karpathy_json = ""
+  # karpathy and tfds: put Karpathy's "restval" images in train (COCO: 82,783 + 30,504 = the usual 113,287).
+  c.data.use_restval = True
   # Generate the synthetic shapes dataset (into synthetic_dir) instead of reading data_dir.
   c.data.synthetic = False
   # Where the synthetic dataset is written ("" = ~/.cache/jaxcap/synthetic-<n>-<size>).
@@ -20,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Number of synthetic images and their side in pixels.
   c.data.synthetic_num_images = 2000
   c.data.synthetic_size = 64
-  # Where the prepared TFDS copy goes ("" = ~/.cache/jaxcap/tfds/...).
+  # Where the prepared TFDS copy goes ("" = ~/.cache/jaxcap/tfds/...); for tfds:<name>, TFDS's data_dir
+  # ("" = TFDS's default, ~/tensorflow_datasets).
   c.data.tfds_dir = ""
   # Tokens per caption including <start> and <end>; longer captions are cut.
   c.data.max_len = 24

@@ -19,6 +19,8 @@ LATEST, BEST = "checkpoints", "best"
 STATE, META = "state", "meta"
 # Config fields a resumed run must share with its checkpoint (the rest, e.g. num_steps, may change).
 MUST_MATCH = ("seed", "data", "model", "train.regime", "train.batch_size")
+# Fields added after checkpoints were written, with the value that means what those checkpoints did.
+ADDED_LATER = {"data.dataset": "flickr8k", "data.karpathy_json": "", "data.use_restval": True}
 
 
 class CheckpointError(Exception):
@@ -47,8 +49,21 @@ def _first_difference(a, b, prefix: str = "") -> str | None:
   return None if a == b else f"{prefix[:-1]}: checkpoint has {a!r}, config has {b!r}"
 
 
+def with_added_fields(saved_config: dict) -> dict:
+  """A saved config with the `ADDED_LATER` fields it lacks filled in."""
+  out = json.loads(json.dumps(saved_config))
+  for dotted, value in ADDED_LATER.items():
+    *parents, leaf = dotted.split(".")
+    tree = out
+    for p in parents:
+      tree = tree.setdefault(p, {})
+    tree.setdefault(leaf, value)
+  return out
+
+
 def check_compatible(saved_config: dict, config, workdir: str) -> None:
   current = json.loads(config.to_json())
+  saved_config = with_added_fields(saved_config)
   for field in MUST_MATCH:
     diff = _first_difference({field: _get(saved_config, field)}, {field: _get(current, field)})
     if diff:
