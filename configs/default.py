@@ -81,6 +81,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.label_smoothing = 0.0
   # Weight of the doubly-stochastic attention penalty sum_n (1 - sum_t alpha_tn)^2 (attend mode).
   c.train.attention_penalty = 1.0
+  # Cached regime: where the train/dev feature grids are read from. "memory": loaded into host memory;
+  # "stream": read from the on-disk store batch by batch (host memory: a few batches, whatever the dataset
+  # size); "auto": memory when train + dev grids fit in feature_memory_gb, else stream (logged with the sizes).
+  # Batches are the same either way, so a run may resume with the other choice.
+  c.train.feature_store = "auto"
+  # Host memory budget of the "auto" choice in GB (0 = half the memory available when training starts).
+  c.train.feature_memory_gb = 0.0
   # Sort captions by length inside chunks so short ones do not pay for padding (cached regime).
   c.train.length_bucketing = True
   # Finetune regime: encoder learning rate and the step from which the encoder trains.
