@@ -20,6 +20,7 @@ import dataclasses
 import gc
 import hashlib
 import io
+import json
 import os
 import sys
 
@@ -108,21 +109,17 @@ def heat_overlay(pixels: np.ndarray, attention: np.ndarray) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False)
-def _sample_images(data_dir: str, n: int) -> list[tuple[str, bytes]]:
-  from jaxcap.data import DataError, flickr8k
-  try:
-    src = flickr8k.scan(data_dir, check_images=False)
-  except DataError:
-    return []
-  names = src.splits["test"][:n]
-  return [(name, open(os.path.join(src.images_dir, name), "rb").read()) for name in names]
+def _sample_images(data_json: str, n: int) -> list[tuple[str, bytes]]:
+  import ml_collections
+
+  from jaxcap.data import dataset
+  return dataset.sample_images(ml_collections.ConfigDict(json.loads(data_json)), n)
 
 
 def sample_images(cap: Captioner, n: int = 4) -> list[tuple[str, bytes]]:
-  """A few test-split photos of the dataset the checkpoint was trained on, when it is on this machine (read
-  once per dataset folder, not on every rerun)."""
-  from jaxcap.data import resolve_data_dir
-  return _sample_images(resolve_data_dir(cap.config.data), n)
+  """A few test-split photos of the dataset the checkpoint was trained on (whatever its data.dataset), when it
+  is on this machine (read once per dataset, not on every rerun)."""
+  return _sample_images(cap.config.data.to_json(), n)
 
 
 @dataclasses.dataclass

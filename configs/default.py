@@ -11,8 +11,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  # Flickr8k-style folder (either layout); "" with synthetic=True generates the synthetic dataset.
+  # What to read: "flickr8k" (a Flickr8k folder, either layout), "karpathy" (a Karpathy caption_datasets JSON
+  # plus its image folder: Flickr8k/Flickr30k/COCO) or "tfds:<name>" (a TFDS captioning dataset, e.g.
+  # "tfds:coco_captions"). Read in one place, jaxcap/data/dataset.py.
+  c.data.dataset = "flickr8k"
+  # flickr8k: the folder; karpathy: the image folder the JSON's [filepath/]filename paths are relative to;
+  # tfds: unused. "" with synthetic=True generates the synthetic dataset (a Flickr8k folder).
   c.data.data_dir = ""
+  # karpathy: the dataset_*.json ("" = the single dataset_*.json in data_dir).
+  c.data.karpathy_json = ""
+  # karpathy and tfds: put Karpathy's "restval" images in train (COCO: 82,783 + 30,504 = the usual 113,287).
+  c.data.use_restval = True
   # Generate the synthetic shapes dataset (into synthetic_dir) instead of reading data_dir.
   c.data.synthetic = False
   # Where the synthetic dataset is written ("" = ~/.cache/jaxcap/synthetic-<n>-<size>).
@@ -20,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Number of synthetic images and their side in pixels.
   c.data.synthetic_num_images = 2000
   c.data.synthetic_size = 64
-  # Where the prepared TFDS copy goes ("" = ~/.cache/jaxcap/tfds/...).
+  # Where the prepared TFDS copy goes ("" = ~/.cache/jaxcap/tfds/...); for tfds:<name>, TFDS's data_dir
+  # ("" = TFDS's default, ~/tensorflow_datasets).
   c.data.tfds_dir = ""
   # Tokens per caption including <start> and <end>; longer captions are cut.
   c.data.max_len = 24
@@ -82,6 +92,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.label_smoothing = 0.0
   # Weight of the doubly-stochastic attention penalty sum_n (1 - sum_t alpha_tn)^2 (attend mode).
   c.train.attention_penalty = 1.0
+  # Cached regime: where the train/dev feature grids are read from. "memory": loaded into host memory;
+  # "stream": read from the on-disk store batch by batch (host memory: a few batches, whatever the dataset
+  # size); "auto": memory when train + dev grids fit in feature_memory_gb, else stream (logged with the sizes).
+  # Batches are the same either way, so a run may resume with the other choice.
+  c.train.feature_store = "auto"
+  # Host memory budget of the "auto" choice in GB (0 = half the memory available when training starts).
+  c.train.feature_memory_gb = 0.0
   # Sort captions by length inside chunks so short ones do not pay for padding (cached regime).
   c.train.length_bucketing = True
   # Finetune regime: encoder learning rate and the step from which the encoder trains.

@@ -22,6 +22,8 @@ STATE, META = "state", "meta"
 # fields inside them that may change anyway because they change speed, not the function or the parameters.
 MUST_MATCH = ("seed", "data", "model", "train.regime", "train.batch_size")
 MAY_CHANGE = ("model.attention_backward",)
+# Fields added after checkpoints were written, with the value that means what those checkpoints did.
+ADDED_LATER = {"data.dataset": "flickr8k", "data.karpathy_json": "", "data.use_restval": True}
 
 
 class CheckpointError(Exception):
@@ -50,8 +52,21 @@ def _first_difference(a, b, prefix: str = "") -> str | None:
   return None if a == b else f"{prefix[:-1]}: checkpoint has {a!r}, config has {b!r}"
 
 
+def with_added_fields(saved_config: dict) -> dict:
+  """A saved config with the `ADDED_LATER` fields it lacks filled in."""
+  out = json.loads(json.dumps(saved_config))
+  for dotted, value in ADDED_LATER.items():
+    *parents, leaf = dotted.split(".")
+    tree = out
+    for p in parents:
+      tree = tree.setdefault(p, {})
+    tree.setdefault(leaf, value)
+  return out
+
+
 def check_compatible(saved_config: dict, config, workdir: str) -> None:
   current = json.loads(config.to_json())
+  saved_config = with_added_fields(saved_config)
   for dotted in MAY_CHANGE:
     for tree in (saved_config, current):
       *path, last = dotted.split(".")

@@ -6,8 +6,8 @@
 Images go through the same pipeline as training (decode, resize) and the checkpoint's encoder. Writes a JSONL
 of per-image predictions (caption, beams, references, per-image BLEU-4) and prints a table; the last line of
 stdout is one JSON object with the metrics. Without --data_dir the dataset named in the checkpoint's config
-is used. With several --alphas, each length penalty is evaluated on the same encoded images (tune on dev,
-report on test).
+is used (whatever its data.dataset: Flickr8k, a Karpathy JSON, tfds:<name>). With several --alphas, each
+length penalty is evaluated on the same encoded images (tune on dev, report on test).
 """
 from __future__ import annotations
 
@@ -33,21 +33,23 @@ def main(argv=None) -> int:
   a = p.parse_args(argv)
 
   from jaxcap import evaluator, feature_cache, metrics
-  from jaxcap.data import DataError, resolve_data_dir, tfds_builder
+  from jaxcap.data import DataError, dataset
   from jaxcap.data.images import ImageError
   from jaxcap.inference import Captioner, CheckpointError
 
   try:
     cap = Captioner.load(a.checkpoint)
-    data_dir = a.data_dir or resolve_data_dir(cap.config.data)
-    builder = tfds_builder.prepare(data_dir, (cap.config.data.tfds_dir or None) if not a.data_dir else None)
+    data = cap.config.data.copy_and_resolve_references()
+    if a.data_dir:  # the same kind of dataset, in another folder (prepared in the default place)
+      data.data_dir, data.tfds_dir, data.synthetic = a.data_dir, "", False
+    builder = dataset.prepare(data)
   except (CheckpointError, DataError, ImageError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   log = lambda *x: print(*x, file=sys.stderr)  # noqa: E731
   n = builder.info.splits[a.split].num_examples
   n = min(n, a.limit) if a.limit else n
-  log(f"{cap.source}: {a.split} split of {data_dir}, {n} images, beam {a.beam}")
+  log(f"{cap.source}: {a.split} split of {dataset.describe(data)}, {n} images, beam {a.beam}")
 
   t0 = time.time()
   # Raw images through the training pipeline's decode and resize and the checkpoint's encoder: what a user of

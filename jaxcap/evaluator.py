@@ -31,7 +31,7 @@ class Settings:
 class SplitInputs:
   """What the evaluator decodes for a split: one feature grid per image, with its names and references."""
   names: list[str]
-  grids: np.ndarray                  # [N, h, w, C]
+  grids: np.ndarray                  # [N, h, w, C] (or feature_cache.FeatureRows: read batch by batch)
   references: list[list[str]]        # raw reference captions per image ([] when there are none)
 
 
@@ -44,11 +44,11 @@ class Decoded:
   alphas: np.ndarray                 # [N, K, max_len, h*w] attention of every token (attend mode)
 
 
-def decode_grids(decoder, params, grids: np.ndarray, settings: Settings) -> Decoded:
+def decode_grids(decoder, params, grids, settings: Settings) -> Decoded:
   """Greedy or beam-search captions for grids [N, h, w, C], in batches of settings.batch_size."""
   parts = []
   for i in range(0, len(grids), settings.batch_size):
-    chunk = grids[i:i + settings.batch_size]
+    chunk = np.asarray(grids[i:i + settings.batch_size])  # grids may be on disk (feature_cache.FeatureRows)
     n = len(chunk)
     g = jnp.asarray(batching.pad_rows(chunk, settings.batch_size))
     if settings.beam_size <= 1:

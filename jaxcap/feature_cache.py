@@ -1,15 +1,22 @@
-"""Frozen-encoder feature cache: every image of a split encoded once, stored on disk as float16.
+"""Frozen-encoder feature cache: every image of a split encoded once, stored on disk as float16; read back
+row by row, so it need not fit in memory.
 
 Layout: <cache_dir>/<split>.npy [N, h, w, C] float16 and <split>.json (file names, in row order). Files are
-written under a temporary name and renamed when complete, so a crash never leaves a half cache that looks whole.
-The cache directory name hashes everything the features depend on (dataset, encoder, weights file, pixels,
-size); `directory` is the one place that key is made.
+written under a temporary name (per process) and renamed when complete, so a crash never leaves a half cache
+that looks whole. The cache directory name hashes everything the features depend on (dataset, encoder, weights
+file, pixels, size); `directory` is the one place that key is made.
+
+Reading: `load` gives a `FeatureRows`, which reads the rows it is indexed with (`os.pread`, no mmap) and nothing
+else: host memory holds what was asked for, whatever the file's size (COCO train: 113,287 grids, 14 GB).
+`FeatureRows.load()` reads it whole. Writing goes through `RowWriter` (`os.pwrite` of each batch: no mapping of
+the whole file whose dirty pages would count in the writer's memory).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import weakref
 from typing import Callable, Iterator
 
 import jax
@@ -34,12 +41,136 @@ def directory(root: str, dataset_dir: str, encoder_name: str, weights_file: str 
   return os.path.join(root, f"{encoder_name}-{size}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
 
 
-def load(directory: str, split: str) -> tuple[list[str], np.ndarray] | None:
+class _File:
+  """An open file descriptor shared by a `FeatureRows` and its views (closed with the last of them)."""
+
+  def __init__(self, path: str):
+    self.path, self.fd = path, os.open(path, os.O_RDONLY)
+    weakref.finalize(self, os.close, self.fd)
+
+
+def _header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
+  """(shape, dtype, data offset) of a C-ordered .npy file."""
+  with open(path, "rb") as f:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    if fortran:
+      raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
+    return shape, dtype, f.tell()
+
+
+def _pread_into(fd: int, buf: np.ndarray, pos: int) -> None:
+  view = memoryview(buf).cast("B")
+  while view.nbytes:
+    n = os.preadv(fd, [view], pos)
+    if n <= 0:
+      raise OSError(f"short read at byte {pos}")
+    view, pos = view[n:], pos + n
+
+
+class FeatureRows:
+  """Rows [start, stop) of an on-disk [N, ...] .npy, read on demand.
+
+  `rows[i]`, `rows[index_array]` read those rows into a new array (duplicates and any order allowed; sorted,
+  consecutive rows coalesced into one read); `rows[a:b]` is a view (nothing read); `np.asarray(rows)` or
+  `rows.load()` reads them all. Reads go through the OS page cache, which is not this process's memory.
+  """
+
+  def __init__(self, path: str, start: int = 0, stop: int | None = None, _file: _File | None = None):
+    shape, self.dtype, self._offset = _header(path)
+    self.path, self._file = path, _file or _File(path)
+    self._row_shape = tuple(shape[1:])
+    self._row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * self.dtype.itemsize
+    self._start, self._stop = start, shape[0] if stop is None else stop
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (self._stop - self._start,) + self._row_shape
+
+  @property
+  def ndim(self) -> int:
+    return 1 + len(self._row_shape)
+
+  @property
+  def nbytes(self) -> int:
+    return len(self) * self._row_bytes
+
+  def __len__(self) -> int:
+    return self._stop - self._start
+
+  def __getitem__(self, key):
+    if isinstance(key, slice):
+      start, stop, step = key.indices(len(self))
+      if step != 1:
+        return self.read(np.arange(start, stop, step))
+      return FeatureRows(self.path, self._start + start, self._start + max(start, stop), self._file)
+    if isinstance(key, (int, np.integer)):
+      return self.read(np.asarray([key]))[0]
+    return self.read(np.asarray(key))
+
+  def read(self, rows: np.ndarray) -> np.ndarray:
+    """[len(rows), ...] the rows at these indices (relative to this view)."""
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    rows = np.where(rows < 0, rows + len(self), rows)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+      raise IndexError(f"{self.path}: row index out of range [0, {len(self)})")
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    buf = np.empty((len(uniq),) + self._row_shape, self.dtype)
+    runs = np.split(np.arange(len(uniq)), np.flatnonzero(np.diff(uniq) != 1) + 1) if len(uniq) else []
+    for run in runs:
+      first = int(uniq[run[0]]) + self._start
+      _pread_into(self._file.fd, buf[run[0]:run[-1] + 1], self._offset + first * self._row_bytes)
+    if len(uniq) == len(rows) and np.array_equal(uniq, rows):
+      return buf
+    return buf[inverse.reshape(-1)]
+
+  def load(self) -> np.ndarray:
+    """Every row of this view, in host memory."""
+    out = np.empty(self.shape, self.dtype)
+    _pread_into(self._file.fd, out, self._offset + self._start * self._row_bytes)
+    return out
+
+  def __array__(self, dtype=None, copy=None):
+    out = self.load()
+    return out if dtype is None else out.astype(dtype)
+
+
+class RowWriter:
+  """Writes an [n, *row_shape] .npy batch by batch with pwrite (the header first, as np.load expects)."""
+
+  def __init__(self, path: str, n: int, row_shape: tuple[int, ...], dtype=np.float16):
+    # open_memmap writes the .npy header and sizes the file (sparse); nothing of the data is mapped in after.
+    m = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n,) + tuple(row_shape))
+    self._offset, self.n, self.count = m.offset, n, 0
+    self.dtype, self.row_shape = np.dtype(dtype), tuple(row_shape)
+    self._row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+    del m
+    self._fd = os.open(path, os.O_WRONLY)
+
+  def write(self, rows: np.ndarray) -> None:
+    rows = np.ascontiguousarray(rows, self.dtype)
+    if rows.shape[1:] != self.row_shape or self.count + len(rows) > self.n:
+      raise ValueError(f"rows {rows.shape} do not fit [{self.n}, {self.row_shape}] after {self.count} rows")
+    view, pos = memoryview(rows).cast("B"), self._offset + self.count * self._row_bytes
+    while view.nbytes:
+      k = os.pwrite(self._fd, view, pos)
+      view, pos = view[k:], pos + k
+    self.count += len(rows)
+
+  def close(self) -> None:
+    os.close(self._fd)
+    if self.count != self.n:
+      raise ValueError(f"{self.count} rows written, {self.n} expected")
+
+
+def load(directory: str, split: str) -> tuple[list[str], FeatureRows] | None:
+  """(file names, the split's grids on disk), or None when the split is not cached yet."""
   npy, names = os.path.join(directory, f"{split}.npy"), os.path.join(directory, f"{split}.json")
   if not (os.path.exists(npy) and os.path.exists(names)):
     return None
   with open(names) as f:
-    return json.load(f), np.load(npy)
+    return json.load(f), FeatureRows(npy)
 
 
 def encode_batches(builder, split: str, encode: Callable, preprocessing, batch_size: int,
@@ -75,8 +206,8 @@ def encode_split(encode: Callable, builder, split: str, preprocessing, batch_siz
 
 
 def extract(builder, split: str, encoder, variables, directory: str, batch_size: int = 32,
-            verbose: bool = True) -> tuple[list[str], np.ndarray]:
-  """Encodes every image of `split` (cached after the first call)."""
+            verbose: bool = True) -> tuple[list[str], FeatureRows]:
+  """Encodes every image of `split` (cached after the first call); the grids stay on disk."""
   cached = load(directory, split)
   if cached is not None:
     return cached
@@ -84,21 +215,21 @@ def extract(builder, split: str, encoder, variables, directory: str, batch_size:
   encode = jax.jit(lambda v, x: encoder.apply(v, x)[0].astype(jnp.float16))
   n = builder.info.splits[split].num_examples
   names, out = [], None
-  tmp = os.path.join(directory, f"{split}.tmp.npy")
+  # Per-process temporary names: processes of a multi-host job sharing the cache folder never write one file.
+  tmp, tmp_names = (os.path.join(directory, f"{split}.tmp{os.getpid()}{ext}") for ext in (".npy", ".json"))
   bar = tqdm(total=n, desc=f"features {split}", unit="img", disable=not verbose)
   for batch_names, grid, _ in encode_batches(builder, split, lambda x: encode(variables, x),
                                              encoder.preprocessing, batch_size):
     if out is None:
-      out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + grid.shape[1:])
-    out[len(names):len(names) + len(grid)] = grid
+      out = RowWriter(tmp, n, grid.shape[1:], np.float16)
+    out.write(grid)
     names += batch_names
     bar.update(len(grid))
   bar.close()
   assert out is not None and len(names) == n, (len(names), n)
-  out.flush()
-  del out
-  with open(os.path.join(directory, f"{split}.json.tmp"), "w") as f:
+  out.close()
+  with open(tmp_names, "w") as f:
     json.dump(names, f)
   os.replace(tmp, os.path.join(directory, f"{split}.npy"))
-  os.replace(os.path.join(directory, f"{split}.json.tmp"), os.path.join(directory, f"{split}.json"))
+  os.replace(tmp_names, os.path.join(directory, f"{split}.json"))
   return load(directory, split)

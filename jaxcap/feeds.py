@@ -11,9 +11,15 @@ A feed knows
   - `eval_inputs(split, variables, limit)`: what validation decodes (`evaluator.SplitInputs`).
 Every feed is built as Feed(config, builder, model, variables, vocab, train, dev, log, verbose). Adding a way of
 training is one new class here and one entry in FEEDS; the loop (`train_lib`) never asks which one it has.
+
+`CachedFeatures` reads its grids from the store `feature_store` picks, the one place that choice is made and
+logged with the sizes: host memory where the train and dev grids fit the budget, else streamed from the on-disk
+cache batch by batch (bounded host memory at any dataset size; in a multi-host job each process reads only the
+rows of its slice of each batch). Both give the same batches. (A device-resident store would join this choice.)
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Iterator
 
@@ -27,6 +33,53 @@ from jaxcap.data import vocab as vocab_lib
 from jaxcap.evaluator import SplitInputs
 from jaxcap.models.caption_model import CaptionModel, encode_fn
 
+def available_memory() -> int:
+  """Bytes of host memory available now (Linux MemAvailable; else free physical pages)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def feature_store(config, rows: dict[str, feature_cache.FeatureRows], log=print) -> dict:
+  """The cached regime's grids, split -> array: in host memory (`np.ndarray`) or read from disk per batch
+  (`FeatureRows`), by `train.feature_store` ("auto": memory when they fit `train.feature_memory_gb`, default half
+  the available memory). Logs the choice with the sizes."""
+  t = config.train
+  need = sum(r.nbytes for r in rows.values())
+  budget = int(t.feature_memory_gb * 2**30) if t.feature_memory_gb > 0 else available_memory() // 2
+  mode = t.feature_store
+  if mode not in ("auto", "memory", "stream"):
+    raise train_state.TrainError(f"train.feature_store must be auto, memory or stream, got {mode!r}")
+  if mode == "auto":
+    mode = "memory" if need <= budget else "stream"
+  gb = lambda b: f"{b / 2**30:.2f} GB"  # noqa: E731
+  sizes = " + ".join(f"{s} {gb(r.nbytes)} ({len(r)} grids)" for s, r in rows.items())
+  why = (f"<= budget {gb(budget)}" if need <= budget else f"> budget {gb(budget)}") + (
+      "" if t.feature_store == "auto" else f"; train.feature_store={t.feature_store}")
+  log(f"feature store: {'host memory' if mode == 'memory' else 'streamed from disk'}: {sizes} = {gb(need)} {why}")
+  return {s: (r.load() if mode == "memory" else r) for s, r in rows.items()}
+
+
+def grid_batches(grids, pairs: batching.CaptionPairs, schedule: batching.Schedule, max_len: int, start: int,
+                 stop: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """This process's slice of the batches of steps start..stop-1: grids [B, h, w, C] from `grids` (an array or
+  `FeatureRows`: only these rows are read), tokens and mask cut to the batch's padded length."""
+  per_proc = schedule.batch_size // process_count
+  lo = process_index * per_proc
+  for step in range(start, stop):
+    idx = schedule.batch(step)
+    length = schedule.padded_length(idx, max_len)
+    idx = idx[lo:lo + per_proc]
+    tokens = pairs.tokens[idx, :length]
+    yield {"grid": grids[pairs.image_index[idx]], "tokens": tokens,
+           "mask": (tokens != vocab_lib.PAD_ID).astype(np.float32)}
+
+
 class CachedFeatures:
   """Frozen encoder: every image encoded once into the feature cache; the decoder trains on the grids, with
   length-bucketed batches of caption indices (`batching.Schedule`)."""
@@ -38,17 +91,19 @@ class CachedFeatures:
     [self._objective] = self.step_objectives(config).values()
     t = config.train
     self.enc_vars = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
-    self.directory = feature_cache.directory(
-        config.data.feature_cache_dir, builder.data_dir, config.model.encoder,
+    self.directory = feature_cache.directory(  # keyed by the prepared dataset (an adapter's cache_id)
+        config.data.feature_cache_dir, getattr(builder, "cache_id", builder.data_dir), config.model.encoder,
         train_state.weights_path(config) if config.model.pretrained else None, config.seed,
         model.encoder.preprocessing.size)
     t0 = time.time()
-    names, self.train_feats = self._features("train", verbose)
+    names, train_rows = self._features("train", verbose)
     if names != train[0]:
       raise train_state.TrainError(f"feature cache order differs from the dataset; delete {self.directory}")
-    self.dev_names, self.dev_feats = self._features("dev", verbose)
+    self.dev_names, dev_rows = self._features("dev", verbose)
     self.dev_caps = dev[1]
-    log(f"features ready in {time.time() - t0:.0f}s: {self.directory} train {self.train_feats.shape}")
+    log(f"features ready in {time.time() - t0:.0f}s: {self.directory} train {train_rows.shape}")
+    store = feature_store(config, {"train": train_rows, "dev": dev_rows}, log)
+    self.train_feats, self.dev_feats = store["train"], store["dev"]
     self.pairs = batching.caption_pairs(train[0], train[1], vocab, config.data.max_len)
     self.schedule = batching.Schedule(self.pairs.lengths, t.batch_size, config.seed, bucket=t.length_bucketing)
     self.steps_per_epoch = self.schedule.steps_per_epoch
@@ -65,18 +120,12 @@ class CachedFeatures:
     return self._objective
 
   def batches(self, start: int, stop: int) -> Iterator[dict]:
-    per_proc = self.config.train.batch_size // jax.process_count()
-    lo = jax.process_index() * per_proc
-    for step in range(start, stop):
-      idx = self.schedule.batch(step)
-      length = self.schedule.padded_length(idx, self.config.data.max_len)
-      idx = idx[lo:lo + per_proc]
-      tokens = self.pairs.tokens[idx, :length]
-      yield {"grid": self.train_feats[self.pairs.image_index[idx]], "tokens": tokens,
-             "mask": (tokens != vocab_lib.PAD_ID).astype(np.float32)}
+    return grid_batches(self.train_feats, self.pairs, self.schedule, self.config.data.max_len, start, stop,
+                        jax.process_index(), jax.process_count())
 
   def eval_inputs(self, split: str, variables: dict, limit: int = 0) -> SplitInputs:
-    """The split's cached grids (the features the decoder trained on; `variables` are not needed)."""
+    """The split's cached grids (the features the decoder trained on; `variables` are not needed); test is read
+    from disk batch by batch."""
     if split == "dev":
       names, grids, caps = self.dev_names, self.dev_feats, self.dev_caps
     else:

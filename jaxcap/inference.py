@@ -53,7 +53,7 @@ class Captioner:
   @classmethod
   def load(cls, path: str) -> "Captioner":
     state, meta, source = checkpoint.load(path)
-    config = ml_collections.ConfigDict(meta["config"])
+    config = ml_collections.ConfigDict(checkpoint.with_added_fields(meta["config"]))
     vocab = Vocab(meta["vocab"])
     model = make_model(config.model, len(vocab))
     if model.encoder.preprocessing.to_dict() != Preprocessing.from_dict(meta["preprocessing"]).to_dict():

@@ -24,8 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxcap import checkpoint, evaluator, feeds, metrics, train_state
-from jaxcap.data import tfds_builder
-from jaxcap.data import resolve_data_dir
+from jaxcap.data import dataset, tfds_builder
 from jaxcap.data import vocab as vocab_lib
 from jaxcap.train_state import TrainError  # noqa: F401  (the trainer's user-fixable error)
 
@@ -131,14 +130,14 @@ class Progress:
 def load_data(config, workdir: str, verbose: bool):
   """(builder, vocab, (train names, captions), (dev names, captions)); the vocabulary is built from the train
   split and must match the one a resumed workdir holds."""
-  data_dir = resolve_data_dir(config.data)
-  builder = tfds_builder.prepare(data_dir, config.data.tfds_dir or None, verbose=verbose)
+  builder = dataset.prepare(config.data, verbose=verbose)
   train = tfds_builder.split_captions(builder, "train")
   dev = tfds_builder.split_captions(builder, "dev")
   vocab = vocab_lib.Vocab.build((c for n in train[0] for c in train[1][n]), config.data.min_count)
   vocab_path = os.path.join(workdir, "vocab.json")
   if os.path.exists(vocab_path) and vocab_lib.Vocab.load(vocab_path) != vocab:
-    raise TrainError(f"{vocab_path}: vocabulary does not match the one built from {data_dir} "
+    raise TrainError(f"{vocab_path}: vocabulary does not match the one built from "
+                     f"{dataset.describe(config.data)} "
                      f"({len(vocab_lib.Vocab.load(vocab_path))} vs {len(vocab)} tokens); the data changed, "
                      f"use a new --workdir")
   return builder, vocab, train, dev

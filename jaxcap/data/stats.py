@@ -1,6 +1,8 @@
-"""Statistics of a Flickr8k folder, as a command; with --prepare, also prepares it and reads batches back.
+"""Statistics of a captioning dataset, as a command; with --prepare, also prepares it and reads batches back.
 
-    python -m jaxcap.data.stats --data_dir DIR [--prepare] [--tfds_dir D] [--json] [--min_count N]
+    python -m jaxcap.data.stats --data_dir DIR [--prepare] [--tfds_dir D] [--json] [--min_count N]    # Flickr8k
+    python -m jaxcap.data.stats --dataset karpathy --data_dir IMAGES [--karpathy_json J] [--no_restval]
+    python -m jaxcap.data.stats --dataset tfds:coco_captions [--tfds_dir TFDS_DATA_DIR]
 
 Prints split sizes, skipped files, vocabulary size and train caption length percentiles; `--prepare` also
 writes the TFDS dataset (`jaxcap.data.tfds_builder.prepare`) and reads one train and one eval batch through
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from jaxcap.data import DataError, flickr8k, tfds_builder
+from jaxcap.data import DataError, dataset, flickr8k, tfds_builder
 
 
 def statistics(source: flickr8k.Source, min_count: int = 5) -> dict:
@@ -47,16 +49,26 @@ def main(argv=None) -> int:
   import argparse
 
   p = argparse.ArgumentParser(prog="python -m jaxcap.data.stats", description=__doc__.split("\n")[0])
-  p.add_argument("--data_dir", required=True, help="Flickr8k folder (either layout)")
+  p.add_argument("--dataset", default="flickr8k", help="flickr8k | karpathy | tfds:<name> (as data.dataset)")
+  p.add_argument("--data_dir", default="", help="Flickr8k folder (either layout), or the Karpathy JSON's images")
+  p.add_argument("--karpathy_json", default="", help="Karpathy JSON (default: the dataset_*.json in --data_dir)")
+  p.add_argument("--no_restval", action="store_true", help="leave Karpathy's restval images out of train")
   p.add_argument("--min_count", type=int, default=5, help="vocabulary minimum word count")
   p.add_argument("--prepare", action="store_true", help="also prepare the TFDS dataset")
-  p.add_argument("--tfds_dir", default=None, help="where the prepared dataset goes (default: ~/.cache/jaxcap)")
+  p.add_argument("--tfds_dir", default="", help="where the prepared dataset goes (default: ~/.cache/jaxcap); "
+                 "for tfds:<name>, TFDS's data_dir")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
   args = p.parse_args(argv)
+  import ml_collections
+  data = ml_collections.ConfigDict({"dataset": args.dataset, "data_dir": args.data_dir, "synthetic": False,
+                                    "karpathy_json": args.karpathy_json, "use_restval": not args.no_restval,
+                                    "tfds_dir": args.tfds_dir})
   try:
-    stats = statistics(flickr8k.scan(args.data_dir), args.min_count)
+    if not args.data_dir and not args.dataset.startswith("tfds:"):
+      raise DataError(f"--data_dir is required for --dataset {args.dataset}")
+    stats = statistics(dataset.source(data), args.min_count)
     if args.prepare:
-      builder = tfds_builder.prepare(args.data_dir, args.tfds_dir, verbose=False)
+      builder = dataset.prepare(data, verbose=False)
       stats["tfds_dir"] = builder.data_dir
       stats["first_batches"] = _read_first_batches(builder, args.min_count)
   except DataError as e:

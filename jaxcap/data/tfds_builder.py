@@ -1,8 +1,11 @@
-"""Preparing a Flickr8k folder as a TFDS dataset (once, outside the folder) and reading its captions back.
+"""Preparing a caption source (a Flickr8k folder, a Karpathy JSON) as a TFDS dataset, once, outside the source
+folder; and reading a prepared split's captions back.
 
-`prepare(data_dir)` scans the folder (`jaxcap.data.flickr8k`), writes the TFDS dataset under
-`default_tfds_dir(data_dir)` with a JSON report of what was skipped, and returns the builder; later calls
-reuse the prepared copy. Images are stored as their file bytes when TF decodes them as-is, else as PNG.
+`prepare(data_dir)` scans a Flickr8k folder (`jaxcap.data.flickr8k`), `prepare_karpathy(images_root, json)` a
+Karpathy JSON (`jaxcap.data.karpathy`); both write the same TFDS form (image, image/filename, captions) under
+`default_tfds_dir(...)` with a JSON report of what was skipped, and return the builder; later calls reuse the
+prepared copy. Images are stored as their file bytes when TF decodes them as-is, else as PNG. Which source a
+config names is read in `jaxcap.data.dataset`.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import sys
 from PIL import Image
 
 from jaxcap import paths
-from jaxcap.data import flickr8k
+from jaxcap.data import DataError, flickr8k, karpathy
 
 # Encodings tf.io.decode_image reads as-is; anything else is re-encoded to PNG at preparation.
 _TF_NATIVE = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("BMP", "RGB")}
@@ -33,14 +36,14 @@ def _image_bytes(path: str) -> bytes:
     return buf.getvalue()
 
 
-def _builder_class():
+def _builder_class(kind: str = "flickr8k"):
+  """The TFDS builder class of a source `kind` ("flickr8k" | "karpathy"): one form, two names (the name is part
+  of the prepared folder, which the feature cache key contains)."""
   import tensorflow_datasets as tfds
 
   from jaxcap.data.tf_setup import tf  # noqa: F401  (hide GPUs before TFDS touches TF)
 
-  class Flickr8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Flickr8k captions (Hodosh et al. 2013) from a local folder in either download layout."""
-
+  class _Captions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
 
     # TFDS locates a builder's files through importlib resources, which fails for builders outside a
@@ -50,22 +53,13 @@ def _builder_class():
     def code_path(cls):
       from etils import epath
       return epath.Path(__file__)
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Put Flickr8k in the manual dir in either layout: Images/ + captions.txt (Kaggle 'flickr8k') or "
-        "Flicker8k_Dataset/ + Flickr8k_text/ (original Flickr8k_Dataset.zip + Flickr8k_text.zip).")
 
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self,
-          description="Flickr8k: 8,091 images with 5 captions each.",
-          features=tfds.features.FeaturesDict({
-              "image": tfds.features.Image(shape=(None, None, 3)),
-              "image/filename": tfds.features.Text(),
-              "captions": tfds.features.Sequence(tfds.features.Text()),
-          }),
-          homepage="https://hockenmaier.cs.illinois.edu/8k-pictures.html",
-          citation="Hodosh, Young, Hockenmaier. Framing Image Description as a Ranking Task. JAIR 47, 2013.",
-      )
+    def _features(self):
+      return tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "image/filename": tfds.features.Text(),
+          "captions": tfds.features.Sequence(tfds.features.Text()),
+      })
 
     def _split_generators(self, dl_manager):
       source = getattr(self, "source", None) or flickr8k.scan(str(dl_manager.manual_dir))
@@ -77,15 +71,43 @@ def _builder_class():
         yield name, {"image": _image_bytes(os.path.join(source.images_dir, name)),
                      "image/filename": name, "captions": source.captions[name]}
 
-  return Flickr8k
+  class Flickr8k(_Captions, skip_registration=True):
+    """Flickr8k captions (Hodosh et al. 2013) from a local folder in either download layout."""
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Put Flickr8k in the manual dir in either layout: Images/ + captions.txt (Kaggle 'flickr8k') or "
+        "Flicker8k_Dataset/ + Flickr8k_text/ (original Flickr8k_Dataset.zip + Flickr8k_text.zip).")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description="Flickr8k: 8,091 images with 5 captions each.",
+          features=self._features(),
+          homepage="https://hockenmaier.cs.illinois.edu/8k-pictures.html",
+          citation="Hodosh, Young, Hockenmaier. Framing Image Description as a Ranking Task. JAIR 47, 2013.",
+      )
+
+  class KarpathyCaptions(_Captions, skip_registration=True):
+    """A Karpathy caption_datasets JSON (dataset_{flickr8k,flickr30k,coco}.json) with its image folder."""
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Set data.data_dir to the image folder and data.karpathy_json to the JSON."
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, description="Images and captions of a Karpathy split JSON (Karpathy & Fei-Fei 2015).",
+          features=self._features(), homepage="https://cs.stanford.edu/people/karpathy/deepimagesent/",
+          citation="Karpathy, Fei-Fei. Deep Visual-Semantic Alignments for Generating Image Descriptions. "
+                   "CVPR 2015.")
+
+  return {"flickr8k": Flickr8k, "karpathy": KarpathyCaptions}[kind]
 
 
-def default_tfds_dir(data_dir: str) -> str:
-  """Where the prepared copy of `data_dir` lives: one folder per source folder, never inside it."""
+def default_tfds_dir(data_dir: str, extra: str = "", slug: str = "") -> str:
+  """Where the prepared copy of `data_dir` lives: one folder per source (folder, plus `extra`: the Karpathy
+  JSON and split choice), never inside it."""
   root = os.environ.get("JAXCAP_TFDS_DIR") or os.path.join(paths.cache_root(), "tfds")
   absdir = os.path.abspath(os.path.expanduser(data_dir))
-  slug = os.path.basename(absdir.rstrip("/")) or "data"
-  return os.path.join(root, f"{slug}-{hashlib.sha1(absdir.encode()).hexdigest()[:10]}")
+  slug = slug or os.path.basename(absdir.rstrip("/")) or "data"
+  key = absdir + (f"|{extra}" if extra else "")
+  return os.path.join(root, f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:10]}")
 
 
 REPORT_FILE = "jaxcap_prepare_report.json"
@@ -93,17 +115,35 @@ REPORT_FILE = "jaxcap_prepare_report.json"
 
 def prepare(data_dir: str, tfds_dir: str | None = None, verbose: bool = True):
   """Prepares (once) and returns the TFDS builder for a Flickr8k folder."""
-  import tensorflow_datasets as tfds
-
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   flickr8k.detect_layout(data_dir)  # a clear error before TFDS gets involved
-  builder = _builder_class()(data_dir=tfds_dir or default_tfds_dir(data_dir))
+  return _prepare(_builder_class("flickr8k"), tfds_dir or default_tfds_dir(data_dir), data_dir,
+                  lambda: flickr8k.scan(data_dir), verbose)
+
+
+def prepare_karpathy(images_root: str, karpathy_json: str = "", use_restval: bool = True,
+                     tfds_dir: str | None = None, verbose: bool = True):
+  """Prepares (once) and returns the TFDS builder for a Karpathy JSON and its image folder."""
+  images_root = os.path.abspath(os.path.expanduser(images_root))
+  if not os.path.isdir(images_root):
+    raise DataError(f"{images_root}: data directory (the images of the Karpathy JSON) does not exist")
+  path = karpathy.find_json(images_root, karpathy_json)
+  slug = os.path.splitext(os.path.basename(path))[0]
+  tfds_dir = tfds_dir or default_tfds_dir(images_root, f"{path}|restval={use_restval}", slug)
+  return _prepare(_builder_class("karpathy"), tfds_dir, images_root,
+                  lambda: karpathy.scan(images_root, path, use_restval), verbose)
+
+
+def _prepare(cls, tfds_dir: str, source_dir: str, scan, verbose: bool):
+  import tensorflow_datasets as tfds
+
+  builder = cls(data_dir=tfds_dir)
   report_path = os.path.join(builder.data_dir, REPORT_FILE)
   if not os.path.exists(report_path):
     if verbose:
-      print(f"Preparing {data_dir} -> {builder.data_dir} (once)", file=sys.stderr)
-    builder.source = flickr8k.scan(data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
+      print(f"Preparing {source_dir} -> {builder.data_dir} (once)", file=sys.stderr)
+    builder.source = scan()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=source_dir))
     report = builder.source.report()
     with open(report_path, "w") as f:
       json.dump(report, f, indent=1)
@@ -112,8 +152,9 @@ def prepare(data_dir: str, tfds_dir: str | None = None, verbose: bool = True):
   return builder
 
 
-def print_report(report: dict, file=sys.stdout, max_lines: int = 20) -> None:
+def print_report(report: dict, file=None, max_lines: int = 20) -> None:
   """A `Source.report()` as a short table: split sizes, then up to `max_lines` skipped files and problems."""
+  file = file or sys.stdout  # looked up at call time (tests capture sys.stdout)
   print(f"layout: {report['layout']}   splits: {report['split_source']}", file=file)
   for s in flickr8k.SPLITS:
     if s in report["images"]:

@@ -1,0 +1,106 @@
+"""The on-disk feature store: rows read on demand, the memory-or-stream choice, identical batches either way."""
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxcap import feature_cache, feeds, train_lib, train_state
+from jaxcap.data import batching
+
+
+@pytest.fixture
+def grids(tmp_path):
+  """(array, path of the same array written batch by batch through RowWriter)."""
+  a = np.random.default_rng(0).normal(size=(37, 2, 3, 5)).astype(np.float16)
+  path = str(tmp_path / "train.npy")
+  w = feature_cache.RowWriter(path, len(a), a.shape[1:])
+  for i in range(0, len(a), 8):
+    w.write(a[i:i + 8])
+  w.close()
+  return a, path
+
+
+def test_rows_are_the_npy_file_read_on_demand(grids):
+  a, path = grids
+  np.testing.assert_array_equal(np.load(path), a)  # a plain .npy
+  rows = feature_cache.FeatureRows(path)
+  assert rows.shape == a.shape and len(rows) == 37 and rows.nbytes == a.nbytes and rows.dtype == np.float16
+  idx = np.array([5, 3, 3, 36, 0, 4, 6, -1])  # any order, duplicates, negative
+  np.testing.assert_array_equal(rows[idx], a[idx])
+  np.testing.assert_array_equal(rows[7], a[7])
+  view = rows[2:9]  # a view: nothing read
+  assert isinstance(view, feature_cache.FeatureRows) and view.shape == (7, 2, 3, 5)
+  np.testing.assert_array_equal(np.asarray(view), a[2:9])
+  np.testing.assert_array_equal(view[[6, 0]], a[2:9][[6, 0]])
+  np.testing.assert_array_equal(rows[30:100].load(), a[30:])
+  np.testing.assert_array_equal(rows[::3], a[::3])
+  with pytest.raises(IndexError):
+    rows[[37]]
+
+
+def test_row_writer_refuses_a_wrong_count(tmp_path):
+  w = feature_cache.RowWriter(str(tmp_path / "x.npy"), 4, (2,))
+  w.write(np.zeros((3, 2)))
+  with pytest.raises(ValueError, match="do not fit"):
+    w.write(np.zeros((2, 2)))
+  with pytest.raises(ValueError, match="3 rows written, 4 expected"):
+    w.close()
+
+
+def _config(store="auto", gb=0.0):
+  c = ml_collections.ConfigDict({"train": {"feature_store": store, "feature_memory_gb": gb}})
+  return c
+
+
+@pytest.mark.parametrize("store, gb, expect", [("auto", 1.0, "memory"), ("auto", 1e-6, "stream"),
+                                               ("stream", 1.0, "stream"), ("memory", 1e-6, "memory"),
+                                               ("auto", 0.0, "memory")])
+def test_store_choice_is_automatic_and_logged_with_sizes(grids, store, gb, expect):
+  _, path = grids
+  lines = []
+  out = feeds.feature_store(_config(store, gb), {"train": feature_cache.FeatureRows(path),
+                                                 "dev": feature_cache.FeatureRows(path)[:5]}, lines.append)
+  kind = np.ndarray if expect == "memory" else feature_cache.FeatureRows
+  assert all(type(v) is kind for v in out.values())
+  [line] = lines
+  assert line.startswith("feature store: " + ("host memory" if expect == "memory" else "streamed from disk"))
+  assert "train 0.00 GB (37 grids) + dev 0.00 GB (5 grids)" in line and "budget" in line
+
+
+def test_bad_store_name_is_one_line(grids):
+  with pytest.raises(train_state.TrainError, match="train.feature_store must be auto, memory or stream, got 'disk'"):
+    feeds.feature_store(_config("disk"), {"train": feature_cache.FeatureRows(grids[1])})
+
+
+def test_streamed_batches_equal_in_memory_batches_and_resume_exactly(grids):
+  a, path = grids
+  rng = np.random.default_rng(1)
+  pairs = batching.CaptionPairs(np.repeat(np.arange(37), 5).astype(np.int32),
+                                rng.integers(1, 9, (185, 12)).astype(np.int32), rng.integers(3, 12, 185).astype(np.int32))
+  schedule = batching.Schedule(pairs.lengths, 16, seed=0)
+  rows = feature_cache.FeatureRows(path)
+  whole = list(feeds.grid_batches(a, pairs, schedule, 12, 0, 30))
+  streamed = list(feeds.grid_batches(rows, pairs, schedule, 12, 0, 30))
+  resumed = list(feeds.grid_batches(rows, pairs, schedule, 12, 17, 30))
+  for x, y in zip(whole, streamed):
+    assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+  for x, y in zip(whole[17:], resumed):
+    assert all(np.array_equal(x[k], y[k]) for k in x)
+  # Two processes read disjoint halves of each batch (only their rows), together the whole batch.
+  halves = [list(feeds.grid_batches(rows, pairs, schedule, 12, 0, 3, p, 2)) for p in range(2)]
+  for step in range(3):
+    np.testing.assert_array_equal(np.concatenate([h[step]["grid"] for h in halves]), whole[step]["grid"])
+
+
+def test_training_on_the_streamed_store_equals_training_in_memory(tiny_config, read_metrics, tmp_path, capsys):
+  results = {}
+  for store in ("memory", "stream"):
+    cfg = tiny_config("cached", **{"train.num_steps": 6, "train.eval_every": 0, "train.checkpoint_every": 0,
+                                   "train.feature_store": store})
+    results[store] = train_lib.train_and_evaluate(cfg, str(tmp_path / store)), read_metrics(str(tmp_path / store))
+  assert "feature store: streamed from disk" in capsys.readouterr().err
+  (m, m_losses), (s, s_losses) = results["memory"], results["stream"]
+  assert m_losses == s_losses and len(m_losses) == 6
+  assert m["dev_bleu4"] == s["dev_bleu4"] and m["test_bleu4"] == s["test_bleu4"]
+  assert os.path.exists(os.path.join(str(tmp_path / "stream"), "vocab.json"))
