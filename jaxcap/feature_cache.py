@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxcap import paths
-from jaxcap.data import pipeline
+from jaxcap.data import DataError, pipeline
 from jaxcap.evaluator import SplitInputs
 
 
@@ -86,19 +86,40 @@ def extract(builder, split: str, encoder, variables, directory: str, batch_size:
   names, out = [], None
   tmp = os.path.join(directory, f"{split}.tmp.npy")
   bar = tqdm(total=n, desc=f"features {split}", unit="img", disable=not verbose)
-  for batch_names, grid, _ in encode_batches(builder, split, lambda x: encode(variables, x),
-                                             encoder.preprocessing, batch_size):
-    if out is None:
-      out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + grid.shape[1:])
-    out[len(names):len(names) + len(grid)] = grid
-    names += batch_names
-    bar.update(len(grid))
-  bar.close()
-  assert out is not None and len(names) == n, (len(names), n)
-  out.flush()
-  del out
-  with open(os.path.join(directory, f"{split}.json.tmp"), "w") as f:
-    json.dump(names, f)
-  os.replace(tmp, os.path.join(directory, f"{split}.npy"))
-  os.replace(os.path.join(directory, f"{split}.json.tmp"), os.path.join(directory, f"{split}.json"))
+  try:
+    for batch_names, grid, _ in encode_batches(builder, split, lambda x: encode(variables, x),
+                                               encoder.preprocessing, batch_size):
+      if out is None:
+        out = _allocate(tmp, (n,) + grid.shape[1:])
+      out[len(names):len(names) + len(grid)] = grid
+      names += batch_names
+      bar.update(len(grid))
+    bar.close()
+    assert out is not None and len(names) == n, (len(names), n)
+    out.flush()
+    del out
+    with open(os.path.join(directory, f"{split}.json.tmp"), "w") as f:
+      json.dump(names, f)
+    os.replace(tmp, os.path.join(directory, f"{split}.npy"))
+    os.replace(os.path.join(directory, f"{split}.json.tmp"), os.path.join(directory, f"{split}.json"))
+  except OSError as e:
+    out = None
+    for f in (tmp, os.path.join(directory, f"{split}.json.tmp")):
+      if os.path.exists(f):
+        os.remove(f)
+    cause, fix = paths.io_cause(e) or (e.strerror or str(e), "fix it")
+    raise DataError(f"{directory}: cannot write the feature cache ({cause}); {fix} and rerun (nothing "
+                    f"half-written is kept)") from None
   return load(directory, split)
+
+
+def _allocate(path: str, shape: tuple[int, ...]) -> np.memmap:
+  """A float16 .npy of `shape` as a writable memmap, its blocks reserved on disk first: a memmap over a sparse
+  file on a full disk dies of SIGBUS at some write, a reservation fails with ENOSPC at once."""
+  out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+  fd = os.open(path, os.O_RDWR)
+  try:
+    os.posix_fallocate(fd, 0, os.path.getsize(path))
+  finally:
+    os.close(fd)
+  return out

@@ -15,7 +15,7 @@ import sys
 from PIL import Image
 
 from jaxcap import paths
-from jaxcap.data import flickr8k
+from jaxcap.data import DataError, flickr8k
 
 # Encodings tf.io.decode_image reads as-is; anything else is re-encoded to PNG at preparation.
 _TF_NATIVE = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("BMP", "RGB")}
@@ -103,10 +103,20 @@ def prepare(data_dir: str, tfds_dir: str | None = None, verbose: bool = True):
     if verbose:
       print(f"Preparing {data_dir} -> {builder.data_dir} (once)", file=sys.stderr)
     builder.source = flickr8k.scan(data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
     report = builder.source.report()
-    with open(report_path, "w") as f:
-      json.dump(report, f, indent=1)
+    try:
+      # TFDS writes into an incomplete.* dir and renames it when done (removing it on failure); the report,
+      # written whole or not at all after that, is what marks the prepared copy finished.
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data_dir))
+      with open(report_path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1)
+      os.replace(report_path + ".tmp", report_path)
+    except Exception as e:
+      cause = paths.io_cause(e)
+      if cause is None:
+        raise
+      raise DataError(f"{builder.data_dir}: cannot prepare the dataset ({cause[0]}); {cause[1]} and rerun "
+                      f"(nothing half-written is kept)") from None
     if verbose:
       print_report(report, file=sys.stderr)
   return builder
