@@ -19,9 +19,11 @@ import streamlit as st
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from jaxcap import checkpoint  # noqa: E402
 from jaxcap.data.images import ImageError, read_image  # noqa: E402
 from jaxcap.inference import Captioner, CheckpointError  # noqa: E402
 
+checkpoint.quiet_orbax_errors()  # a damaged checkpoint is one message on the page, not a log traceback
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 
 
@@ -118,6 +120,8 @@ def main():
     st.error(str(e))
     st.info("Train one with `python train.py`, or point the sidebar at a training workdir.")
     return
+  for warning in cap.warnings:  # a damaged best checkpoint: the app runs on the next one, and says so
+    st.warning(warning)
   st.caption(f"model: {cap.config.model.encoder} + {cap.mode} decoder, step {cap.step}, {len(cap.vocab)} words")
   uploads = st.file_uploader("Photos", type=UPLOAD_TYPES, accept_multiple_files=True)
   files = [(u.name, u.getvalue()) for u in uploads or []]

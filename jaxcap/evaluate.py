@@ -35,10 +35,13 @@ def main(argv=None) -> int:
   from jaxcap import evaluator, feature_cache, metrics
   from jaxcap.data import DataError, resolve_data_dir, tfds_builder
   from jaxcap.data.images import ImageError
+  from jaxcap import checkpoint
   from jaxcap.inference import Captioner, CheckpointError
 
+  checkpoint.quiet_orbax_errors()
+
   try:
-    cap = Captioner.load(a.checkpoint)
+    cap = Captioner.load(a.checkpoint, warn=lambda m: print(m, file=sys.stderr))
     data_dir = a.data_dir or resolve_data_dir(cap.config.data)
     builder = tfds_builder.prepare(data_dir, (cap.config.data.tfds_dir or None) if not a.data_dir else None)
   except (CheckpointError, DataError, ImageError) as e:
