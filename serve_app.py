@@ -30,10 +30,12 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from jaxcap import checkpoint  # noqa: E402
 from jaxcap.data.images import ImageError, read_image  # noqa: E402
 from jaxcap.inference import Captioner, CheckpointError  # noqa: E402
 from jaxcap.serving import LRU, Busy, Captions, CaptionService, Request  # noqa: E402
 
+checkpoint.quiet_orbax_errors()  # a damaged checkpoint is one message on the page, not a log traceback
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_MAX = 640        # pixels on the long side of the copy the page shows (uploads can be 7000 px)
 WAIT_S = 60.0            # a request not answered by then gets the "busy, retry" message
@@ -230,6 +232,8 @@ def main():
     st.info("Train one with `python train.py`, or point the sidebar at a training workdir.")
     return
   cap = server.captioner
+  for warning in cap.warnings:  # a damaged best checkpoint: the app runs on the next one, and says so
+    st.warning(warning)
   st.caption(f"model: {cap.config.model.encoder} + {cap.mode} decoder, step {cap.step}, {len(cap.vocab)} words")
   uploads = st.file_uploader("Photos", type=UPLOAD_TYPES, accept_multiple_files=True)
   files = [(u.name, u.getvalue()) for u in uploads or []]

@@ -1,13 +1,16 @@
 """Every knob a jaxcap training run has, with its default. Variants import this and override a few fields.
 
     python train.py --config configs/default.py --workdir workdirs/NAME --config.train.batch_size=32
+
+The ranges and choices below are checked before any work (`jaxcap/config_check.py`): a value outside them is
+one line naming the field, the value and what is allowed.
 """
 import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # Seed of parameter init, dropout and the data order.
+  # Seed of parameter init, dropout and the data order (>= 0).
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -26,15 +29,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.synthetic = False
   # Where the synthetic dataset is written ("" = ~/.cache/jaxcap/synthetic-<n>-<size>).
   c.data.synthetic_dir = ""
-  # Number of synthetic images and their side in pixels.
+  # Number of synthetic images (>= 8: dev and test get n // 8 each) and their side in pixels (>= 16).
   c.data.synthetic_num_images = 2000
   c.data.synthetic_size = 64
   # Where the prepared TFDS copy goes ("" = ~/.cache/jaxcap/tfds/...); for tfds:<name>, TFDS's data_dir
   # ("" = TFDS's default, ~/tensorflow_datasets).
   c.data.tfds_dir = ""
-  # Tokens per caption including <start> and <end>; longer captions are cut.
+  # Tokens per caption including <start> and <end> (>= 3); longer captions are cut.
   c.data.max_len = 24
-  # Vocabulary: words seen at least this many times in the train split.
+  # Vocabulary: words seen at least this many times in the train split (>= 1).
   c.data.min_count = 5
   # Where frozen-encoder features are cached ("" = ~/.cache/jaxcap/features).
   c.data.feature_cache_dir = ""
@@ -44,16 +47,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.encoder = "efficientnet_lite0"
   # Converted ImageNet weights: "" (random init), "default" (~/.cache/jaxcap/weights/<encoder>.msgpack) or a path.
   c.model.pretrained = "default"
-  # Input side for small_cnn (pretrained encoders use their own size).
+  # Input side for small_cnn (>= 16; pretrained encoders use their own size).
   c.model.image_size = 224
   # Decoder: "attend" (Show-Attend-Tell soft attention) or "show_tell".
   c.model.decoder_mode = "attend"
+  # Widths (>= 1).
   c.model.embed_dim = 512
   c.model.hidden_dim = 512
   c.model.attention_dim = 512
-  # Dropout on the LSTM output (and attention context) before the vocabulary projection.
+  # Dropout on the LSTM output (and attention context) before the vocabulary projection, in [0, 1).
   c.model.dropout = 0.5
-  # Dropout on the word embeddings.
+  # Dropout on the word embeddings, in [0, 1).
   c.model.embed_dropout = 0.0
   # Xu et al.'s deep output layer (tanh(L [h; context] + E y_prev), embed_dim wide) before the vocabulary.
   c.model.deep_output = False
@@ -76,21 +80,22 @@ def get_config() -> ml_collections.ConfigDict:
   # Self-critical: captions sampled per image (the baseline is the mean reward of the others), temperature.
   c.train.scst_samples = 5
   c.train.scst_temperature = 1.0
-  # Global batch size (split over all devices of all processes).
+  # Global batch size (>= 1, divisible by the number of devices of all processes).
   c.train.batch_size = 64
-  # Length of training in epochs over the train captions; num_steps > 0 overrides it.
+  # Length of training in epochs over the train captions; num_steps > 0 overrides it (both >= 0, one > 0).
   c.train.num_epochs = 4
   c.train.num_steps = 0
-  # AdamW peak learning rate, linear warmup steps, cosine decay to lr * final_lr_fraction.
+  # AdamW peak learning rate (> 0), linear warmup steps (>= 0), cosine decay to lr * final_lr_fraction ([0, 1]);
+  # weight decay >= 0.
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 100
   c.train.final_lr_fraction = 0.05
   c.train.weight_decay = 1e-4
-  # Gradient global-norm clipping threshold.
+  # Gradient global-norm clipping threshold (> 0).
   c.train.grad_clip = 5.0
-  # Label smoothing of the cross-entropy (0 = none).
+  # Label smoothing of the cross-entropy, in [0, 1) (0 = none).
   c.train.label_smoothing = 0.0
-  # Weight of the doubly-stochastic attention penalty sum_n (1 - sum_t alpha_tn)^2 (attend mode).
+  # Weight of the doubly-stochastic attention penalty sum_n (1 - sum_t alpha_tn)^2 (attend mode; >= 0).
   c.train.attention_penalty = 1.0
   # Cached regime: where the train/dev feature grids are read from. "memory": loaded into host memory;
   # "stream": read from the on-disk store batch by batch (host memory: a few batches, whatever the dataset
@@ -101,22 +106,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.feature_memory_gb = 0.0
   # Sort captions by length inside chunks so short ones do not pay for padding (cached regime).
   c.train.length_bucketing = True
-  # Finetune regime: encoder learning rate and the step from which the encoder trains.
+  # Finetune regime: encoder learning rate (>= 0) and the step from which the encoder trains (>= 0).
   c.train.encoder_learning_rate = 1e-4
   c.train.finetune_from_step = 0
   # Finetune regime: random crop + brightness/contrast augmentation.
   c.train.augment = False
-  # Logging, validation and checkpoint intervals in steps (0 = only at the end).
+  # Logging (>= 1), validation and checkpoint intervals (>= 0) in steps (0 = only at the end). A dev evaluation
+  # that is a new best is also saved, whatever checkpoint_every says.
   c.train.log_every = 50
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
-  # Checkpoints kept besides the best-by-dev-BLEU-4 one.
+  # Checkpoints kept besides the best-by-dev-BLEU-4 one (>= 1).
   c.train.keep_checkpoints = 2
-  # Dev images used for validation (0 = all); greedy decoding length limit.
+  # Dev images used for validation (>= 0; 0 = all); greedy decoding length limit (>= 1).
   c.train.eval_num_images = 0
   c.train.decode_max_len = 20
   # At the end, evaluate the best-on-dev checkpoint on the test split (greedy BLEU).
   c.train.final_test_eval = True
-  # Batch size of feature extraction and evaluation.
+  # Batch size of feature extraction and evaluation (>= 1).
   c.train.eval_batch_size = 64
   return c

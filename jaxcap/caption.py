@@ -44,10 +44,13 @@ def main(argv=None) -> int:
   import numpy as np
 
   from jaxcap.data.images import ImageError
+  from jaxcap import checkpoint
   from jaxcap.inference import Captioner, CheckpointError
 
+  checkpoint.quiet_orbax_errors()
+
   try:
-    cap = Captioner.load(a.checkpoint)
+    cap = Captioner.load(a.checkpoint, warn=lambda m: print(m, file=sys.stderr))
   except CheckpointError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

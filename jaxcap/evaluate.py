@@ -35,10 +35,13 @@ def main(argv=None) -> int:
   from jaxcap import evaluator, feature_cache, metrics
   from jaxcap.data import DataError, dataset
   from jaxcap.data.images import ImageError
+  from jaxcap import checkpoint
   from jaxcap.inference import Captioner, CheckpointError
 
+  checkpoint.quiet_orbax_errors()
+
   try:
-    cap = Captioner.load(a.checkpoint)
+    cap = Captioner.load(a.checkpoint, warn=lambda m: print(m, file=sys.stderr))
     data = cap.config.data.copy_and_resolve_references()
     if a.data_dir:  # the same kind of dataset, in another folder (prepared in the default place)
       data.data_dir, data.tfds_dir, data.synthetic = a.data_dir, "", False

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxcap import paths
-from jaxcap.data import pipeline
+from jaxcap.data import DataError, pipeline
 from jaxcap.evaluator import SplitInputs
 
 
@@ -218,18 +218,27 @@ def extract(builder, split: str, encoder, variables, directory: str, batch_size:
   # Per-process temporary names: processes of a multi-host job sharing the cache folder never write one file.
   tmp, tmp_names = (os.path.join(directory, f"{split}.tmp{os.getpid()}{ext}") for ext in (".npy", ".json"))
   bar = tqdm(total=n, desc=f"features {split}", unit="img", disable=not verbose)
-  for batch_names, grid, _ in encode_batches(builder, split, lambda x: encode(variables, x),
-                                             encoder.preprocessing, batch_size):
-    if out is None:
-      out = RowWriter(tmp, n, grid.shape[1:], np.float16)
-    out.write(grid)
-    names += batch_names
-    bar.update(len(grid))
-  bar.close()
-  assert out is not None and len(names) == n, (len(names), n)
-  out.close()
-  with open(tmp_names, "w") as f:
-    json.dump(names, f)
-  os.replace(tmp, os.path.join(directory, f"{split}.npy"))
-  os.replace(tmp_names, os.path.join(directory, f"{split}.json"))
+  try:
+    for batch_names, grid, _ in encode_batches(builder, split, lambda x: encode(variables, x),
+                                               encoder.preprocessing, batch_size):
+      if out is None:
+        out = RowWriter(tmp, n, grid.shape[1:], np.float16)
+      out.write(grid)
+      names += batch_names
+      bar.update(len(grid))
+    bar.close()
+    assert out is not None and len(names) == n, (len(names), n)
+    out.close()
+    with open(tmp_names, "w") as f:
+      json.dump(names, f)
+    os.replace(tmp, os.path.join(directory, f"{split}.npy"))
+    os.replace(tmp_names, os.path.join(directory, f"{split}.json"))
+  except OSError as e:
+    for f in (tmp, tmp_names):
+      if os.path.exists(f):
+        os.remove(f)
+    cause, fix = paths.io_cause(e) or (e.strerror or str(e), "fix it")
+    raise DataError(f"{directory}: cannot write the feature cache ({cause}); {fix} and rerun (nothing "
+                    f"half-written is kept)") from None
   return load(directory, split)
+

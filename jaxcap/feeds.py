@@ -200,9 +200,6 @@ class SelfCritical(CachedFeatures):
   def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
                train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
     super().__init__(config, builder, model, variables, vocab, train, dev, log, verbose)
-    if config.train.scst_samples < 2:
-      raise train_state.TrainError(f"train.scst_samples={config.train.scst_samples}: self-critical training needs "
-                                   f"at least 2 samples per image (the baseline is the others' mean reward)")
     [self._objective] = self.step_objectives(config, CiderReward(vocab, train)).values()
     n_images = len(self.train_feats)
     self.schedule = batching.Schedule(np.zeros(n_images, np.int32), config.train.batch_size, config.seed,

@@ -8,7 +8,7 @@ read through `jaxcap.checkpoint` and captions decoded through `jaxcap.evaluator`
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,13 +46,21 @@ class Captioner:
                step: int = 0, source: str = ""):
     self.model, self.variables, self.vocab, self.config = model, variables, vocab, config
     self.step, self.source = step, source
+    self.warnings: list[str] = []
     self.preprocessing: Preprocessing = model.encoder.preprocessing
     self.mode = model.decoder.mode
     self._encode = encode_fn(model)
 
   @classmethod
-  def load(cls, path: str) -> "Captioner":
-    state, meta, source = checkpoint.load(path)
+  def load(cls, path: str, warn: Callable[[str], None] = lambda s: None) -> "Captioner":
+    """A workdir's best-on-dev checkpoint (or a step dir). One that cannot be read is reported through `warn`
+    in one line and the next best is used; CheckpointError (one line) when none can be read."""
+    warnings: list[str] = []
+
+    def note(message: str) -> None:
+      warnings.append(message)
+      warn(message)
+    state, meta, source = checkpoint.load(path, note)
     config = ml_collections.ConfigDict(checkpoint.with_added_fields(meta["config"]))
     vocab = Vocab(meta["vocab"])
     model = make_model(config.model, len(vocab))
@@ -63,7 +71,9 @@ class Captioner:
     if saved != out:
       raise CheckpointError(f"{source}: vocabulary has {out} tokens but the decoder outputs {saved}")
     variables = {"params": jax.device_put(state["params"]), "batch_stats": jax.device_put(state["batch_stats"])}
-    return cls(model, variables, vocab, config, meta["step"], source)
+    cap = cls(model, variables, vocab, config, meta["step"], source)
+    cap.warnings = warnings  # checkpoints passed over because they could not be read (one line each)
+    return cap
 
   def preprocess(self, image: images_lib.ImageInput, name: str | None = None) -> np.ndarray:
     """The exact uint8 pixels [S, S, 3] the encoder sees (the training pipeline's decode and resize)."""

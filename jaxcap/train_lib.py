@@ -7,6 +7,7 @@ resumes exactly where it stopped). The workdir's layout is `jaxcap.checkpoint`'s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jaxcap import checkpoint, evaluator, feeds, metrics, train_state
+from jaxcap import checkpoint, config_check, evaluator, feeds, metrics, train_state
 from jaxcap.data import dataset, tfds_builder
 from jaxcap.data import vocab as vocab_lib
 from jaxcap.train_state import TrainError  # noqa: F401  (the trainer's user-fixable error)
@@ -55,19 +56,37 @@ def host_params(tree):
 
 
 class Preemption:
-  """SIGTERM asks the run to save and stop at a step every process agrees on.
+  """SIGTERM or Ctrl-C (SIGINT) asks the run to save and stop at a step every process agrees on; a second
+  Ctrl-C exits at once without saving (the last checkpoint stays as it was).
 
   One process: a signal handler sets a flag. Several: JAX's preemption service (started by
   `jax.distributed.initialize`) catches SIGTERM in whichever processes get it and agrees on one sync step
   for all of them, so every process enters the collective save at the same step (a local flag would let
-  some enter it alone and hang).
+  some enter it alone and hang); no Python SIGTERM handler is installed there, and Ctrl-C is turned into a
+  SIGTERM to this process for the service to handle.
   """
 
-  def __init__(self):
-    self.signal = None
-    self._old = None
+  def __init__(self, log=lambda *a: None):
+    self.signal, self.log, self._old, self._interrupted = None, log, {}, False
+    if threading.current_thread() is not threading.main_thread():
+      return  # signal handlers can only be installed from the main thread
     if jax.process_count() == 1:
-      self._old = signal.signal(signal.SIGTERM, lambda s, f: setattr(self, "signal", int(s)))
+      self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._request)
+    self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+
+  def _request(self, signum, frame):
+    self.signal = int(signum)
+
+  def _interrupt(self, signum, frame):
+    if self._interrupted:
+      os.write(2, b"\ninterrupted again: exiting now without saving\n")
+      os._exit(130)
+    self._interrupted = True
+    self.log("\ninterrupted: saving a checkpoint at the next step, then stopping (Ctrl-C again to exit at once)")
+    if jax.process_count() == 1:
+      self.signal = int(signum)
+    else:
+      os.kill(os.getpid(), signal.SIGTERM)
 
   def reached(self, step: int) -> bool:
     if jax.process_count() == 1:
@@ -78,28 +97,61 @@ class Preemption:
     return bool(self.signal)
 
   def close(self):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for signum, old in self._old.items():
+      signal.signal(signum, old)
+    self._old = {}
 
 
 class MetricWriter:
-  """JSON lines + TensorBoard event files, written by process 0 only."""
+  """JSON lines + TensorBoard event files, written by process 0 only.
 
-  def __init__(self, workdir: str, enabled: bool):
+  `resume_step`: the step training resumes from. Records past it (steps a killed run logged after its last
+  save, which the resumed run replays) and the previous final test records are dropped from metrics.jsonl,
+  and TensorBoard is told to purge its events past it, so every step appears once.
+  """
+
+  def __init__(self, workdir: str, enabled: bool, resume_step: int | None = None):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.tb = None
     if enabled:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      resumed = resume_step is not None and os.path.exists(self.path)
+      if resumed:
+        self._truncate(resume_step)
+      purge = resume_step + 1 if resumed else None
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+
+  def _truncate(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    keep = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except ValueError:  # a line cut by a kill
+          continue
+        if isinstance(r, dict) and r.get("step", 0) <= step and "selected_on" not in r:
+          keep.append(line if line.endswith("\n") else line + "\n")
+    try:
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(keep)
+      os.replace(self.path + ".tmp", self.path)
+    except OSError as e:
+      raise TrainError(f"{self.path}: cannot rewrite the metrics ({e.strerror})") from None
 
   def write(self, step: int, values: dict) -> None:
     if not self.enabled:
       return
     values = {k: (float(v) if isinstance(v, (np.floating, np.integer, float, int, jax.Array)) else v)
               for k, v in values.items()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+    except OSError as e:
+      raise TrainError(f"{self.path}: cannot write the metrics ({e.strerror}); the checkpoints are intact, "
+                       f"fix it and rerun to resume") from None
     for k, v in values.items():
       if isinstance(v, float) and math.isfinite(v):
         self.tb.add_scalar(k, v, step)
@@ -107,7 +159,8 @@ class MetricWriter:
 
   def close(self):
     if self.tb:
-      self.tb.close()
+      with contextlib.suppress(OSError):  # a last flush on a full disk: the error that stopped the run says why
+        self.tb.close()
 
 
 class Progress:
@@ -136,25 +189,26 @@ def load_data(config, workdir: str, verbose: bool):
   vocab = vocab_lib.Vocab.build((c for n in train[0] for c in train[1][n]), config.data.min_count)
   vocab_path = os.path.join(workdir, "vocab.json")
   if os.path.exists(vocab_path) and vocab_lib.Vocab.load(vocab_path) != vocab:
-    raise TrainError(f"{vocab_path}: vocabulary does not match the one built from "
-                     f"{dataset.describe(config.data)} "
+    raise TrainError(f"{vocab_path}: vocabulary does not match the one built from {dataset.describe(config.data)} "
                      f"({len(vocab_lib.Vocab.load(vocab_path))} vs {len(vocab)} tokens); the data changed, "
                      f"use a new --workdir")
   return builder, vocab, train, dev
 
 
 def restore(ckpts: checkpoint.Checkpoints, state: dict, sharding, config, total_steps: int,
-            log) -> tuple[dict, int, float]:
-  """(state, first step, best dev score so far): the latest checkpoint's, else the fresh state's; placed in
-  `sharding` either way."""
-  start = ckpts.latest_step()
-  if start is None:
-    return jax.device_put(state, sharding), 0, -1.0
-  meta = ckpts.restore_meta(start)
-  checkpoint.check_compatible(meta["config"], config, ckpts.workdir)
-  log(f"resuming from {ckpts.workdir}/{checkpoint.LATEST}/{start} (step {start} of {total_steps})")
-  best = meta.get("best_score", meta.get("best_bleu4", -1.0))  # best_bleu4: checkpoints before select_metric
-  return ckpts.restore_state(start, state, sharding), start, best
+            log) -> tuple[dict, int, float, dict]:
+  """(state, first step, best dev score so far, the restored save's dev metrics): the newest checkpoint that
+  restores (damaged newer ones are moved aside, one line each), else the fresh state's; placed in `sharding`
+  either way (restored straight into it: every process reads its own shards). The best is what the saves on
+  disk record."""
+  found = ckpts.restore_latest(state, config, sharding)
+  if found is None:
+    return jax.device_put(state, sharding), 0, -1.0, {}
+  restored, meta = found
+  start = int(meta["step"])
+  log(f"resuming from {ckpts.directory}/{start} (step {start} of {total_steps})")
+  best = ckpts.best()
+  return restored, start, best.score if best else -1.0, dict(meta.get("dev") or {})
 
 
 def validate(feed, model, state_params, batch_stats, split: str, config, vocab, limit: int = 0) -> dict:
@@ -169,30 +223,38 @@ def validate(feed, model, state_params, batch_stats, split: str, config, vocab, 
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  t, is_main = config.train, jax.process_index() == 0
-  log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if is_main else (lambda *a: None)
+  """The whole job: the config is checked before any work, and the workdir is locked for one trainer."""
+  config_check.check(config, jax.device_count())
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise TrainError(f"{workdir}: cannot create the workdir ({e.strerror})") from None
+  log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if jax.process_index() == 0 else (lambda *a: None)
+  with checkpoint.locked(workdir, log):
+    return _train_and_evaluate(config, workdir, log)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
+  t, is_main = config.train, jax.process_index() == 0
   builder, vocab, train, dev = load_data(config, workdir, is_main)
   model, variables = train_state.init_model(config, len(vocab), vocab.tokens)
   # One data axis over every device of every process; parameters replicated, batches sharded.
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  if t.batch_size % jax.device_count():
-    raise TrainError(f"train.batch_size={t.batch_size} must be divisible by the {jax.device_count()} devices")
   feed = feeds.make_feed(config, builder, model, variables, vocab, train, dev, log, is_main)
   total_steps = t.num_steps or t.num_epochs * feed.steps_per_epoch
   if total_steps <= 0:
-    raise TrainError("set train.num_steps or train.num_epochs to a positive number")
+    raise TrainError(f"train.num_epochs={t.num_epochs} of {feed.steps_per_epoch} steps each is no training; set "
+                     f"train.num_steps or train.num_epochs to a positive number")
   setup = train_state.build(config, model, variables, total_steps, feed.trainable)
-  ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints)
-  state, start, best = restore(ckpts, setup.state, replicated, config, total_steps, log)
+  ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints, log, is_main)
+  state, start, best, last_dev = restore(ckpts, setup.state, replicated, config, total_steps, log)
   if is_main:
-    vocab.save(os.path.join(workdir, "vocab.json"))
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=1))
+    write_text(os.path.join(workdir, "vocab.json"), vocab.to_json())
+    write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1))
   n_dev = min(t.eval_num_images or len(dev[0]), len(dev[0]))
-  selected = f"dev_{t.select_metric}"  # the checkpoint kept in best/ is the best by this
+  selected = f"dev_{t.select_metric}"  # the checkpoint marked best is the best by this
 
   def meta(step: int, **extra) -> dict:
     return checkpoint.metadata(step, config, vocab, model.encoder.preprocessing, best_score=best,
@@ -211,13 +273,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   log(f"training {total_steps} steps ({feed.steps_per_epoch} per epoch, batch {t.batch_size}, "
       f"{jax.device_count()} device(s), regime {t.regime}) in {workdir}")
-  writer, preemption, result = MetricWriter(workdir, is_main), Preemption(), {}
+  writer, preemption, result = MetricWriter(workdir, is_main, start), Preemption(log), last_dev
   progress = Progress(writer, start, total_steps, t.batch_size, is_main)
   try:
     for step, batch in zip(range(start, total_steps), prefetch(map(to_device, feed.batches(start, total_steps)))):
       state, step_metrics = step_fn(step)(state, batch)
       done = step + 1
-      is_last, stop = done == total_steps, preemption.reached(done)
+      ckpts.poll()  # a failed background save stops the run here
+      is_last, stop, v = done == total_steps, preemption.reached(done), None
       if done % t.log_every == 0 or is_last:
         m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         check_finite(m["loss"], done, ckpts)
@@ -228,43 +291,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write(done, v)
         log(f"\nstep {done}: dev BLEU-4 {v['dev_bleu4']:.4f} (BLEU-1 {v['dev_bleu1']:.3f}, CIDEr-D "
             f"{v['dev_cider']:.3f}) e.g. {v['dev_example']!r}")
-        if v[selected] > best:
-          best = v[selected]
-          ckpts.save_best(done, state, meta(done, dev=v), best)
         result.update(v)
-      if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last or stop:
+      new_best = v is not None and v[selected] > best
+      best = v[selected] if new_best else best
+      if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last or stop or new_best:
         check_finite(float(jax.device_get(step_metrics["loss"])), done, ckpts)
-        ckpts.save(done, state, meta(done))
+        ckpts.save(done, state, meta(done, **({"dev": v} if v else {})), score=best if new_best else None)
       progress.bar.update(1)
       if stop:
         log(f"\nstopped by signal {preemption.signal} at step {done}; checkpoint saved, rerun to resume")
         break
+  except BaseException:
+    ckpts.close(quiet=True)  # the save in flight completes; its own failure would hide this error
+    raise
   finally:
     progress.bar.close()
-    ckpts.wait()
     writer.close()
     preemption.close()
-  result.update({"step": int(jax.device_get(state["step"])), f"best_{selected}": best, "total_steps": total_steps})
-  if t.final_test_eval and ckpts.best_step() is not None and "test" in builder.info.splits and not preemption.signal:
+  ckpts.close()  # the last save is on disk, or one line says why not
+  result.update(step=int(jax.device_get(state["step"])), total_steps=total_steps, **best_on_disk(ckpts, selected))
+  if t.final_test_eval and "best_step" in result and "test" in builder.info.splits and not preemption.signal:
     result.update(final_test(feed, model, ckpts, state, replicated, config, vocab, workdir, is_main, log))
   return result
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` whole or not at all (tmp file, then rename); a failure (disk full, permissions) is one line."""
+  try:
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    raise TrainError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def best_on_disk(ckpts: checkpoint.Checkpoints, selected: str) -> dict:
+  best = ckpts.best()
+  return {f"best_{selected}": best.score, "best_step": best.step} if best else {f"best_{selected}": -1.0}
 
 
 def check_finite(loss: float, step: int, ckpts: checkpoint.Checkpoints) -> None:
   if not np.isfinite(loss):
     raise TrainError(f"loss became {loss} at step {step}; stopped without saving. The last good checkpoint is "
-                     f"step {ckpts.latest_step()} in {ckpts.workdir}/{checkpoint.LATEST} "
+                     f"step {ckpts.latest_step()} in {ckpts.directory} "
                      f"(lower train.learning_rate or raise train.grad_clip)")
 
 
 def final_test(feed, model, ckpts, like_state, sharding, config, vocab, workdir: str, is_main: bool, log) -> dict:
-  """Selected on dev, reported on test: greedy BLEU of the workdir's best-on-dev checkpoint."""
-  best_step = ckpts.best_step()
-  best = ckpts.restore_state(best_step, like_state, sharding, best=True)
+  """Selected on dev, reported on test: greedy BLEU of the workdir's best-on-dev checkpoint (if it cannot be
+  restored, the next best on dev, with one line saying so)."""
+  found = ckpts.restore_best(like_state, sharding)
+  if found is None:
+    return {}
+  ref, best = found
   test = validate(feed, model, host_params(best["params"]), host_params(best["batch_stats"]), "test", config, vocab)
   writer = MetricWriter(workdir, is_main)
-  writer.write(best_step, {**test, "selected_on": f"dev_{config.train.select_metric}"})
+  selected = f"dev_{config.train.select_metric}"
+  writer.write(ref.step, {**test, "selected_on": selected})
   writer.close()
-  log(f"test BLEU-1..4 of the best-on-dev checkpoint (step {best_step}): " +
+  log(f"test BLEU-1..4 of the best-on-dev checkpoint (step {ref.step}): " +
       " ".join(f"{test[f'test_bleu{n}']:.4f}" for n in range(1, 5)))
-  return {**test, "best_step": best_step}
+  return {**test, "best_step": ref.step, f"best_{selected}": ref.score}

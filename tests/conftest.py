@@ -140,7 +140,7 @@ def train_cmd(synth):
 
 
 def read_metrics(workdir):
-  """step -> loss, the last record per step (a resumed run re-logs the steps after its checkpoint)."""
+  """step -> loss (a resumed run drops the records past its checkpoint, so each step has one)."""
   out = {}
   for line in open(os.path.join(workdir, "metrics.jsonl")):
     r = json.loads(line)

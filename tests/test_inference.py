@@ -93,7 +93,7 @@ def test_trainer_dev_bleu_equals_evaluate_on_the_same_checkpoint(regime, tiny_co
                         "--max_len", str(cfg.train.decode_max_len), "--batch_size", str(cfg.train.eval_batch_size),
                         "--out", str(tmp_path / "dev.jsonl")]) == 0
   cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  assert cli["checkpoint"].endswith(f"best/{best['step']}")
+  assert cli["checkpoint"].endswith(f"checkpoints/{best['step']}")
   assert cli["images"] == best["dev_images"]
   assert [cli[f"bleu{n}"] for n in range(1, 5)] == [best[f"dev_bleu{n}"] for n in range(1, 5)]
   assert json.loads(open(tmp_path / "dev.jsonl").readline())["caption"] == best["dev_example"]

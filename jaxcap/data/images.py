@@ -53,7 +53,11 @@ def read_image(source: ImageInput, name: str | None = None, max_pixels: int = MA
       if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
           raise ImageError(f"{label}: no such file")
-        data = open(source, "rb").read()
+        try:
+          with open(source, "rb") as f:
+            data = f.read()
+        except OSError as e:  # permission denied, I/O error: the file is fine or not, we cannot tell
+          raise ImageError(f"{label}: cannot read file ({e.strerror or e})") from None
       else:
         data = bytes(source)
       if not data:

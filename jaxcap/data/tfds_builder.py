@@ -143,10 +143,20 @@ def _prepare(cls, tfds_dir: str, source_dir: str, scan, verbose: bool):
     if verbose:
       print(f"Preparing {source_dir} -> {builder.data_dir} (once)", file=sys.stderr)
     builder.source = scan()
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=source_dir))
     report = builder.source.report()
-    with open(report_path, "w") as f:
-      json.dump(report, f, indent=1)
+    try:
+      # TFDS writes into an incomplete.* dir and renames it when done (removing it on failure); the report,
+      # written whole or not at all after that, is what marks the prepared copy finished.
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=source_dir))
+      with open(report_path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1)
+      os.replace(report_path + ".tmp", report_path)
+    except Exception as e:
+      cause = paths.io_cause(e)
+      if cause is None:
+        raise
+      raise DataError(f"{builder.data_dir}: cannot prepare the dataset ({cause[0]}); {cause[1]} and rerun "
+                      f"(nothing half-written is kept)") from None
     if verbose:
       print_report(report, file=sys.stderr)
   return builder
