@@ -25,7 +25,7 @@ def test_training_learns_and_leaves_a_complete_workdir(regime, tiny_config, read
   for f in ("config.json", "vocab.json", "metrics.jsonl"):
     assert os.path.exists(os.path.join(workdir, f)), f
   # keep_checkpoints=2, plus the best on dev (one manager: the latest two and the best may coincide)
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == sorted({50, 60, result["best_step"]})
+  assert sorted(map(int, os.listdir(os.path.join(workdir, "checkpoints")))) == sorted({50, 60, result["best_step"]})
   assert checkpoint.best(workdir).step == result["best_step"]
   assert not os.path.exists(os.path.join(workdir, "best"))
   assert os.listdir(os.path.join(workdir, "tensorboard"))
