@@ -78,7 +78,7 @@ def load_server(path: str) -> Server:
   # long as the server: moved out of the collector's sight, a collection sees only what requests create.
   gc.collect()
   gc.freeze()
-  return Server(cap, service, LRU(128), LRU(1024))
+  return Server(cap, service, LRU(64), LRU(1024))
 
 
 def jpeg(pixels: np.ndarray, quality: int = 85) -> bytes:

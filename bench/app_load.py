@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -109,14 +110,29 @@ def read_stats(path: str):
     return None
 
 
-async def open_page(browser, url: str, timeout_ms: int):
-  context = await browser.new_context(viewport={"width": 1300, "height": 1000})
-  page = await context.new_page()
-  await page.goto(url, timeout=timeout_ms)
-  await page.wait_for_selector("input[type=file]", state="attached", timeout=timeout_ms)
-  await page.wait_for_selector("text=model:", timeout=timeout_ms)   # the script's first run is over
+async def load(page, url: str, timeout_ms: int, tries: int = 3) -> None:
+  """(Re)loads the app in `page`: a new Streamlit session, its first run over, the finished-page detector
+  installed. A page that does not come up (a lost websocket under load) is loaded again, up to `tries` times."""
+  for attempt in range(tries):
+    try:
+      await page.goto(url, timeout=timeout_ms)
+      await page.wait_for_selector("input[type=file]", state="attached", timeout=timeout_ms // tries)
+      await page.wait_for_selector("text=model:", timeout=timeout_ms // tries)   # the first run is over
+      break
+    except Exception:  # noqa: BLE001  (playwright's TimeoutError)
+      if attempt == tries - 1:
+        raise
   await page.evaluate(FINISHED_JS)
-  return context, page
+
+
+async def open_pages(context, url: str, n: int, timeout_ms: int, at_once: int = 4) -> list:
+  """n pages, each its own Streamlit session (one websocket each), opened `at_once` at a time (untimed)."""
+  pages = []
+  for i in range(0, n, at_once):
+    batch = [await context.new_page() for _ in range(min(at_once, n - i))]
+    pages += batch
+    await asyncio.gather(*[load(p, url, timeout_ms) for p in batch])
+  return pages
 
 
 async def upload_and_wait(page, photos, timeout_ms: int) -> dict:
@@ -130,13 +146,15 @@ async def upload_and_wait(page, photos, timeout_ms: int) -> dict:
   return {"seconds": round(done / 1000 - t0, 3), "timeout": False, "errors": errors, "t0": t0, "done": done / 1000}
 
 
-async def concurrent_sessions(browser, url, photos, timeout_ms):
-  opened = await asyncio.gather(*[open_page(browser, url, timeout_ms) for _ in photos])
+async def concurrent_sessions(context, url, photos, timeout_ms, pages=None):
+  """Every page uploads its photo at the same moment; times until each and all pages are finished."""
+  own = pages is None
+  pages = pages or await open_pages(context, url, len(photos), timeout_ms)
   try:
-    runs = await asyncio.gather(*[upload_and_wait(page, photo, timeout_ms)
-                                  for (_, page), photo in zip(opened, photos)])
+    runs = await asyncio.gather(*[upload_and_wait(page, photo, timeout_ms) for page, photo in zip(pages, photos)])
   finally:
-    await asyncio.gather(*[ctx.close() for ctx, _ in opened])
+    if own:
+      await asyncio.gather(*[p.close() for p in pages])
   done = [r["done"] for r in runs if r["done"] is not None]
   return {"sessions": len(photos),
           "all_finished_s": round(max(done) - min(r["t0"] for r in runs), 3) if len(done) == len(runs) else None,
@@ -152,8 +170,8 @@ OVERLAY_JS = """() => {
 }"""
 
 
-async def slider(browser, url, photos, moves, stats_path, timeout_ms):
-  ctx, page = await open_page(browser, url, timeout_ms)
+async def slider(context, url, photos, moves, stats_path, timeout_ms):
+  [page] = await open_pages(context, url, 1, timeout_ms)
   try:
     upload = await upload_and_wait(page, photos, timeout_ms)
     calls_before = (read_stats(stats_path) or {}).get("model_calls")
@@ -174,43 +192,55 @@ async def slider(browser, url, photos, moves, stats_path, timeout_ms):
     await page.wait_for_timeout(500)   # a late model call would show up in the counters
     calls_after = (read_stats(stats_path) or {}).get("model_calls")
   finally:
-    await ctx.close()
+    await page.close()
   return {"photos": len(photos), "upload_s": upload["seconds"], "upload_errors": upload["errors"],
           "moves": len(times), "median_s": statistics.median(times), "max_s": max(times), "times_s": times,
           "model_calls_during_moves": None if calls_before is None else calls_after - calls_before}
 
 
-async def memory(browser, url, photos, pid, timeout_ms, parallel=8):
+async def memory(context, url, photos, pid, timeout_ms, parallel=8):
+  """Uploads every photo in a fresh session, `parallel` pages at a time (each page reloaded per upload)."""
   before, half, times, errors, timeouts, meter = rss_mb(pid), None, [], 0, 0, CpuMeter(pid)
-  for i in range(0, len(photos), parallel):
-    r = await concurrent_sessions(browser, url, photos[i:i + parallel], timeout_ms)
-    times += [s for s in r["session_s"] if s is not None]
-    errors, timeouts = errors + r["errors"], timeouts + r["timeouts"]
-    if half is None and i + parallel >= len(photos) // 2:
-      half = rss_mb(pid)
+  pages = await open_pages(context, url, parallel, timeout_ms)
+  try:
+    for i in range(0, len(photos), parallel):
+      if i:
+        await asyncio.gather(*[load(p, url, timeout_ms) for p in pages])   # new sessions
+      chunk = photos[i:i + parallel]
+      r = await concurrent_sessions(context, url, chunk, timeout_ms, pages=pages[:len(chunk)])
+      times += [s for s in r["session_s"] if s is not None]
+      errors, timeouts = errors + r["errors"], timeouts + r["timeouts"]
+      if half is None and i + parallel >= len(photos) // 2:
+        half = rss_mb(pid)
+  finally:
+    await asyncio.gather(*[p.close() for p in pages])
   return {"uploads": len(photos), "rss_before_mb": before, "rss_halfway_mb": half, "rss_after_mb": rss_mb(pid),
           "upload_median_s": statistics.median(times) if times else None, "errors": errors, "timeouts": timeouts,
           "cpu": meter.read()}
 
 
-async def run(a, url, photos, pid, stats_path):
+async def run(a, url, photos, pid, stats_path, out: dict):
+  """The phases in order; each result goes into `out` as soon as it is there (a failure keeps the others)."""
   from playwright.async_api import async_playwright
   timeout_ms = int(a.timeout * 1000)
-  out = {}
   async with async_playwright() as pw:
     browser = await pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
     try:
+      # One context: its HTTP cache spares every new page the frontend's download; each page is still its
+      # own Streamlit session.
+      context = await browser.new_context(viewport={"width": 1300, "height": 1000})
       t = time.perf_counter()
-      ctx, page = await open_page(browser, url, timeout_ms)   # loads and compiles the model
+      page = await context.new_page()
+      await load(page, url, timeout_ms, tries=1)   # the first session loads and compiles the model
       out["first_page_s"] = round(time.perf_counter() - t, 1)
       warm = await upload_and_wait(page, next(photos), timeout_ms)
       out["warm_upload_s"] = warm["seconds"]
-      await ctx.close()
+      await page.close()
       out["warm_up_stats"] = read_stats(stats_path)
       for n in a.sessions:
         reps = a.single_repeats if n == 1 else 1
         meter = CpuMeter(pid)
-        runs = [await concurrent_sessions(browser, url, [next(photos) for _ in range(n)], timeout_ms)
+        runs = [await concurrent_sessions(context, url, [next(photos) for _ in range(n)], timeout_ms)
                 for _ in range(reps)]
         key = f"sessions_{n}"
         if reps == 1:
@@ -221,14 +251,15 @@ async def run(a, url, photos, pid, stats_path):
                       "runs_s": finished, "errors": sum(r["errors"] for r in runs),
                       "timeouts": sum(r["timeouts"] for r in runs), "cpu": meter.read()}
       if a.slider_photos:
-        out["slider"] = await slider(browser, url, [next(photos) for _ in range(a.slider_photos)], a.slider_moves,
+        out["slider"] = await slider(context, url, [next(photos) for _ in range(a.slider_photos)], a.slider_moves,
                                      stats_path, timeout_ms)
       if a.memory_uploads:
-        out["memory"] = await memory(browser, url, [next(photos) for _ in range(a.memory_uploads)], pid,
+        out["memory"] = await memory(context, url, [next(photos) for _ in range(a.memory_uploads)], pid,
                                      timeout_ms)
+    except Exception as e:  # noqa: BLE001  (print what was measured, and why the rest is missing)
+      out["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
       await browser.close()
-  return out
 
 
 def main():
@@ -256,6 +287,8 @@ def main():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
+  out: dict = {}
+  load_start = [round(x, 2) for x in os.getloadavg()]   # 1/5/15-minute: the machine is shared
   tmp = tempfile.mkdtemp(prefix="jaxcap_app_load_")
   stats_path = os.path.join(tmp, "serving_stats.json")
   log = open(os.path.join(tmp, "server.log"), "w")
@@ -272,7 +305,8 @@ def main():
           break
       except OSError:
         time.sleep(0.5)
-    out = asyncio.run(run(a, f"http://127.0.0.1:{port}/", photos, server.pid, stats_path))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a kill still stops the server and browser
+    asyncio.run(run(a, f"http://127.0.0.1:{port}/", photos, server.pid, stats_path, out))
     out["final_stats"] = read_stats(stats_path)
   finally:
     server.terminate()
@@ -282,9 +316,10 @@ def main():
       server.kill()
       server.wait(timeout=30)
     log.close()
-  from bench import common
-  common.emit({"bench": "app_load", "app": a.app, "checkpoint": a.checkpoint, "server_log": log.name,
-               "machine": common.machine(), **out})
+    from bench import common
+    common.emit({"bench": "app_load", "app": a.app, "checkpoint": a.checkpoint, "server_log": log.name,
+                 "machine": common.machine(), "load_average_start": load_start,
+                 "load_average_end": [round(x, 2) for x in os.getloadavg()], **out})
 
 
 if __name__ == "__main__":
