@@ -206,8 +206,9 @@ def show_result(i: int, item: Item, request: Request, rows: list):
     how = f"{1000 * item.captions.model_s:.0f} ms of model time in a batch of {item.captions.batch}"
     how += " (cached)" if item.cached else ""
     st.caption(f"beam {request.beam_size} · greedy: {greedy.caption!r} · {how}")
-    st.table({"caption": [b.caption for b in beamed.beams], "score": [f"{b.score:.3f}" for b in beamed.beams],
-              "log p": [f"{b.log_prob:.3f}" for b in beamed.beams]})
+    # The beams as a Markdown table: st.table/st.dataframe would build a pandas frame and Arrow bytes for it.
+    st.markdown("| caption | score | log p |\n| --- | ---: | ---: |\n" + "\n".join(
+        f"| {b.caption} | {b.score:.3f} | {b.log_prob:.3f} |" for b in beamed.beams))
     if beamed.attention is not None and beamed.words:
       attention_view(f"att-{i}-{item.digest[:12]}", item.upload.display, beamed.words, beamed.attention)
   rows.append({"file": item.name, "greedy": greedy.caption, "beam": beamed.caption, "error": ""})
