@@ -158,6 +158,13 @@ def _loop_closed(exc) -> bool:
   return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
 
+def _orbax_leftover(u) -> bool:
+  """An Orbax read or write coroutine garbage-collected with its error unretrieved: a sibling of the failure that
+  was already reported (one damaged array fails every read of it)."""
+  code = getattr(u.object, "cr_code", None)
+  return _loop_closed(u.exc_value) or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)
+
+
 class _DropAsyncioLeftovers(py_logging.Filter):
   def filter(self, record):
     return "exception was never retrieved" not in record.getMessage()
@@ -166,7 +173,8 @@ class _DropAsyncioLeftovers(py_logging.Filter):
 def quiet_orbax_errors() -> None:
   """Called by the commands: keeps Orbax's own error tracebacks off stderr (their errors arrive as one line),
   and the echoes of a failed save: its other writes, still running when Orbax gave up, report to an event loop
-  that is closed ("Event loop is closed", "Future exception was never retrieved"), many times over."""
+  that is closed ("Event loop is closed", "Future exception was never retrieved"), many times over, and those
+  of a failed read (its sibling coroutines collected with their errors unretrieved)."""
   import sys
   import threading
   _add_filter(errors=True)
@@ -179,7 +187,7 @@ def quiet_orbax_errors() -> None:
   excepthook, thread_hook, unraisable = sys.excepthook, threading.excepthook, sys.unraisablehook
   sys.excepthook = lambda t, e, tb: None if _loop_closed(e) else excepthook(t, e, tb)
   threading.excepthook = lambda a: None if _loop_closed(a.exc_value) else thread_hook(a)
-  sys.unraisablehook = lambda u: None if _loop_closed(u.exc_value) else unraisable(u)
+  sys.unraisablehook = lambda u: None if _orbax_leftover(u) else unraisable(u)
 
 
 # ---------------------------------------------------------------------------------------------------------
