@@ -93,7 +93,7 @@ class Preemption:
       return self.signal is not None
     from jax.experimental import multihost_utils
     if not self.signal and multihost_utils.reached_preemption_sync_point(step):
-      self.signal = int(signal.SIGTERM)
+      self.signal = int(signal.SIGINT if self._interrupted else signal.SIGTERM)
     return bool(self.signal)
 
   def close(self):

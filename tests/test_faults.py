@@ -299,11 +299,11 @@ def _tmpfs(path, size: str):
 def _fill(disk: str, leave: int = 0) -> str:
   """Fills `disk` up, then frees `leave` bytes; returns the filler file (delete it to make room again)."""
   filler = os.path.join(disk, "filler")
-  with open(filler, "wb") as f:
-    with contextlib.suppress(OSError):
-      while True:
-        f.write(b"\0" * 65536)
-        f.flush()
+  fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+  with contextlib.suppress(OSError):  # unbuffered: nothing left to flush (and fail) at close
+    while True:
+      os.write(fd, b"\0" * 65536)
+  os.close(fd)
   if leave:
     os.truncate(filler, max(os.path.getsize(filler) - leave, 0))
   return filler
