@@ -121,6 +121,7 @@ def cause_and_fix(e: BaseException) -> tuple[str, str]:
   if known:
     return known
   first = (str(e).strip().splitlines() or [""])[0]
+  first = first.split(" See full TensorStore details")[0]  # then a dump of the TensorStore spec, no cause
   if len(first) > 300:
     first = first[:300] + "..."
   return (f"{type(e).__name__}: {first}" if first else type(e).__name__), "see the cause"

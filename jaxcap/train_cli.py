@@ -67,9 +67,18 @@ def main(argv) -> int:
   return 0
 
 
+def _exit(code: int) -> None:
+  if code:  # after the one error line, exit without joining threads: the non-daemon signalling threads of an
+    # Orbax save that failed before it began (a read-only workdir) wait for their signals forever
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
 def run():
   """Console-script entry point."""
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: _exit(main(argv)))
 
 
 if __name__ == "__main__":

@@ -342,6 +342,26 @@ def test_disk_full_stops_the_run_at_once_with_one_line_and_the_rerun_resumes_exa
     assert result.get(k) == straight.get(k), (k, result.get(k), straight.get(k))
 
 
+@pytest.mark.slow
+def test_read_only_checkpoints_stop_the_run_with_one_line_and_the_process_exits(straight, train_cmd, tmp_path):
+  # The save fails before Orbax starts writing; its signalling threads then waited forever and the trainer
+  # hung after printing its error line.
+  workdir = str(tmp_path / "w")
+  shutil.copytree(straight[0], workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  if os.geteuid() != 0:
+    pytest.skip("a read-only bind mount needs root (and root ignores file modes)")
+  if subprocess.run(["mount", "--bind", "-o", "ro", ckpts, ckpts], capture_output=True).returncode:
+    pytest.skip("cannot bind-mount read-only here")
+  try:
+    proc = _run(train_cmd(workdir, {**RUN, "train.num_steps": 40}), timeout=240)
+  finally:
+    subprocess.run(["umount", "-l", ckpts], check=False)
+  assert _error_line(proc) == (f"error: cannot save checkpoint {ckpts}/40: read-only file system; training "
+                               f"stopped, the last good checkpoint, {ckpts}/30, restores intact. Use a writable "
+                               f"location and rerun to resume"), proc.stderr[-3000:]
+
+
 def test_tfds_preparation_on_a_full_disk_is_one_line_and_leaves_nothing_taken_for_finished(synth_dir, tmp_path):
   with _tmpfs(tmp_path / "disk", "4m") as disk:
     filler = _fill(disk, leave=64 * 1024)
