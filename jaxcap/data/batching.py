@@ -37,7 +37,7 @@ def caption_pairs(names: list[str], captions: dict[str, list[str]], vocab: vocab
 class Schedule:
   """Global batches of pair indices; epoch e's order depends only on (seed, e)."""
 
-  def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, bucket: bool = True,
+  def __init__(self, lengths: np.ndarray, batch_size: int, seed: int | tuple[int, ...] = 0, bucket: bool = True,
                chunk_batches: int = 50, pad_multiple: int = 4):
     if len(lengths) < batch_size:
       raise ValueError(f"{len(lengths)} training captions cannot fill one batch of {batch_size}")
@@ -49,7 +49,7 @@ class Schedule:
   def epoch(self, e: int) -> list[np.ndarray]:
     if self._cache and self._cache[0] == e:
       return self._cache[1]
-    rng = np.random.default_rng([self.seed, e])
+    rng = np.random.default_rng([*np.atleast_1d(self.seed), e])  # a tuple seeds one stream per shard
     order = rng.permutation(len(self.lengths))[: self.steps_per_epoch * self.batch_size]
     if self.bucket:
       chunk = self.chunk_batches * self.batch_size
