@@ -104,6 +104,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.feature_store = "auto"
   # Host memory budget of the "auto" choice in GB (0 = half the memory available when training starts).
   c.train.feature_memory_gb = 0.0
+  # Cached regime: where each step's batch is gathered. "device": the train grids, captions and lengths are put
+  # on the devices once (replicated where they fit one device, else sharded over the data axis, each device
+  # drawing its share from its own shard) and each step gathers its batch there, no per-step host work or copy;
+  # an error with the sizes where they fit nowhere. "host": gathered on the host and copied every step (any
+  # size). "auto": device where it fits, else host. Replicated gives the host feed's batches exactly (a run may
+  # resume with either); sharded draws its own order. Logged with the sizes.
+  c.train.feed_placement = "auto"
+  # Memory per device the device feed may use in GB (0 = half of the device's free memory; CPU: half the
+  # available host memory over the local devices).
+  c.train.device_memory_gb = 0.0
+  # Train steps per jitted call (>= 1; a lax.scan over the steps), so a fast device does not wait on Python
+  # between steps. log_every, eval_every and checkpoint_every must be multiples of it.
+  c.train.steps_per_dispatch = 1
   # Sort captions by length inside chunks so short ones do not pay for padding (cached regime).
   c.train.length_bucketing = True
   # Finetune regime: encoder learning rate (>= 0) and the step from which the encoder trains (>= 0).

@@ -109,6 +109,9 @@ def rules() -> dict[str, tuple[Callable, str]]:
       "train.scst_temperature": number(0, lo_open=True),
       "train.feature_store": one_of("auto", "memory", "stream"),
       "train.feature_memory_gb": number(0),
+      "train.feed_placement": one_of("auto", "device", "host"),
+      "train.device_memory_gb": number(0),
+      "train.steps_per_dispatch": integer(1),
       "data.dataset": ((lambda v: isinstance(v, str) and (v in ("flickr8k", "karpathy") or
                                                            (v.startswith("tfds:") and len(v) > 5))),
                        "flickr8k, karpathy or tfds:<name>"),
@@ -143,6 +146,11 @@ def check(config, device_count: int | None = None) -> None:
   if not problems and device_count and t.batch_size % device_count:
     problems.append(f"train.batch_size={t.batch_size} is not allowed: must be divisible by the {device_count} "
                     f"devices")
+  k = t.get("steps_per_dispatch", 1)
+  for field in ("log_every", "eval_every", "checkpoint_every"):
+    if not problems and field in t and t[field] % k:
+      problems.append(f"train.{field}={t[field]} is not allowed: must be a multiple of train.steps_per_dispatch={k}"
+                      f" (intervals fall on dispatch ends)")
   if problems:
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     raise ConfigError(f"config {problems[0]}{more}")

@@ -8,30 +8,103 @@ A feed knows
     each);
   - `batches(start, stop)`: this process's batches for steps start..stop-1, a pure function of the step, so a
     resumed run sees exactly the batches the uninterrupted one would;
-  - `eval_inputs(split, variables, limit)`: what validation decodes (`evaluator.SplitInputs`).
+  - `eval_inputs(split, variables, limit)`: what validation decodes (`evaluator.SplitInputs`);
+  - `dispatches(chunks, mesh)` and `draw(static, mesh)`: what the loop runs, one jitted call per chunk of steps
+    (`chunks`): (static, args) per chunk, and draw(static, mesh)(args, i, step) -> the batch of the chunk's i-th
+    step inside that call. `HostBatches` gives them to every feed from `batches`; the cached feed's data may
+    instead be resident on the devices (`jaxcap.device_feed`).
 Every feed is built as Feed(config, builder, model, variables, vocab, train, dev, log, verbose). Adding a way of
 training is one new class here and one entry in FEEDS; the loop (`train_lib`) never asks which one it has.
 
 `CachedFeatures` reads its grids from the store `feature_store` picks, the one place that choice is made and
 logged with the sizes: host memory where the train and dev grids fit the budget, else streamed from the on-disk
 cache batch by batch (bounded host memory at any dataset size; in a multi-host job each process reads only the
-rows of its slice of each batch). Both give the same batches. (A device-resident store would join this choice.)
+rows of its slice of each batch). Both give the same batches. Before that, `device_feed.placement` may put the
+train data on the devices instead (`train.feed_placement`), where each step gathers its batch.
 """
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from typing import Iterator
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxcap import feature_cache, train_state
+from jaxcap import device_feed, feature_cache, train_state
 from jaxcap.cider import CiderD
 from jaxcap.data import batching, pipeline, tfds_builder
 from jaxcap.data import vocab as vocab_lib
 from jaxcap.evaluator import SplitInputs
 from jaxcap.models.caption_model import CaptionModel, encode_fn
+
+def prefetch(items: Iterator, size: int = 2) -> Iterator:
+  """Runs `items` in a background thread, `size` ahead (host batching + device_put overlap the step)."""
+  q: queue.Queue = queue.Queue(size)
+  done = object()
+
+  def run():
+    try:
+      for item in items:
+        q.put(item)
+    except BaseException as e:  # handed to the consumer, raised there
+      q.put(e)
+    q.put(done)
+
+  threading.Thread(target=run, daemon=True).start()
+  while (item := q.get()) is not done:
+    if isinstance(item, BaseException):
+      raise item
+    yield item
+
+
+def chunks(start: int, stop: int, k: int, objective) -> list[tuple[int, int]]:
+  """(first step, steps) of each dispatch of steps start..stop-1: at most k steps, ending on multiples of k (the
+  log, eval and save intervals are multiples of k, so they fall on dispatch ends, and a resumed run dispatches
+  as the straight one did), and cut where `objective(step)` changes (one objective per jitted call)."""
+  out, step = [], start
+  while step < stop:
+    end = min((step // k + 1) * k, stop)
+    end = next((s for s in range(step + 1, end) if objective(s) is not objective(step)), end)
+    out.append((step, end - step))
+    step = end
+  return out
+
+
+def stack(batches: list[dict]) -> dict:
+  """Batches stacked [n, B, ...], each cut to the longest caption of the n (zero padding: a masked <pad>)."""
+  if len(batches) == 1:
+    return {k: v[None] for k, v in batches[0].items()}  # a view: no copy
+  out = {}
+  for k in batches[0]:
+    vs = [b[k] for b in batches]
+    if vs[0].ndim > 1 and len({v.shape[1] for v in vs}) > 1:
+      width = max(v.shape[1] for v in vs)
+      vs = [np.pad(v, [(0, 0), (0, width - v.shape[1])] + [(0, 0)] * (v.ndim - 2)) for v in vs]
+    out[k] = np.stack(vs)
+  return out
+
+
+class HostBatches:
+  """Every feed's default dispatches: its host batches (`batches`), a chunk's stacked and copied to the devices
+  in a background thread, ahead of the step."""
+
+  def dispatches(self, chunks: list[tuple[int, int]], mesh) -> Iterator[tuple[None, dict]]:
+    sharding = NamedSharding(mesh, P(None, "data"))  # [steps, batch, ...]: the batch axis over the devices
+    batches = self.batches(chunks[0][0], sum(chunks[-1])) if chunks else iter(())
+
+    def put(n: int):
+      return None, {k: jax.make_array_from_process_local_data(sharding, v)
+                    for k, v in stack([next(batches) for _ in range(n)]).items()}
+
+    return prefetch(put(n) for _, n in chunks)
+
+  def draw(self, static, mesh):
+    return lambda args, i, step: jax.tree.map(lambda x: x[i], args)
+
 
 def available_memory() -> int:
   """Bytes of host memory available now (Linux MemAvailable; else free physical pages)."""
@@ -80,10 +153,12 @@ def grid_batches(grids, pairs: batching.CaptionPairs, schedule: batching.Schedul
            "mask": (tokens != vocab_lib.PAD_ID).astype(np.float32)}
 
 
-class CachedFeatures:
+class CachedFeatures(HostBatches):
   """Frozen encoder: every image encoded once into the feature cache; the decoder trains on the grids, with
-  length-bucketed batches of caption indices (`batching.Schedule`)."""
+  length-bucketed batches of caption indices (`batching.Schedule`), gathered on the host or, where the train
+  data fits, on the devices (`device_feed`, by `train.feed_placement`)."""
   trainable, inputs = ("decoder",), "grid"
+  device_resident = True  # whether the train data may go to the devices
 
   def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
                train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
@@ -102,11 +177,22 @@ class CachedFeatures:
     self.dev_names, dev_rows = self._features("dev", verbose)
     self.dev_caps = dev[1]
     log(f"features ready in {time.time() - t0:.0f}s: {self.directory} train {train_rows.shape}")
-    store = feature_store(config, {"train": train_rows, "dev": dev_rows}, log)
-    self.train_feats, self.dev_feats = store["train"], store["dev"]
     self.pairs = batching.caption_pairs(train[0], train[1], vocab, config.data.max_len)
     self.schedule = batching.Schedule(self.pairs.lengths, t.batch_size, config.seed, bucket=t.length_bucketing)
     self.steps_per_epoch = self.schedule.steps_per_epoch
+    where = device_feed.placement(config, train_rows.nbytes, self.pairs, jax.devices(), log) if (
+        self.device_resident) else "host"
+    # On the devices, the host keeps no train grids: they are read from disk once, straight into the devices.
+    store = feature_store(config, {"train": train_rows, "dev": dev_rows} if where == "host" else {"dev": dev_rows},
+                          log)
+    self.train_feats, self.dev_feats = store.get("train", train_rows), store["dev"]
+    self.device = None
+    if where != "host":
+      self.device = device_feed.DeviceCaptions(
+          train_rows, self.pairs, t.batch_size, config.seed, t.length_bucketing, config.data.max_len,
+          shards=1 if where == "replicate" else jax.device_count(), n_devices=jax.device_count(),
+          steps_per_dispatch=t.steps_per_dispatch)
+      self.steps_per_epoch = self.device.steps_per_epoch
 
   def _features(self, split: str, verbose: bool = False):
     return feature_cache.extract(self.builder, split, self.model.encoder, self.enc_vars, self.directory,
@@ -118,6 +204,12 @@ class CachedFeatures:
 
   def objective(self, step: int) -> train_state.Objective:
     return self._objective
+
+  def dispatches(self, chunks: list[tuple[int, int]], mesh):
+    return self.device.dispatches(chunks, mesh) if self.device else super().dispatches(chunks, mesh)
+
+  def draw(self, static, mesh):
+    return self.device.draw(static, mesh) if self.device else super().draw(static, mesh)
 
   def batches(self, start: int, stop: int) -> Iterator[dict]:
     return grid_batches(self.train_feats, self.pairs, self.schedule, self.config.data.max_len, start, stop,
@@ -134,7 +226,7 @@ class CachedFeatures:
     return SplitInputs(names, grids, [caps[n] for n in names])
 
 
-class ImageStream:
+class ImageStream(HostBatches):
   """End to end from images through tf.data (decoded and resized every epoch, optionally augmented); the
   encoder trains from `train.finetune_from_step` with its own learning rate."""
   trainable, inputs = ("encoder", "decoder"), "image"
@@ -194,8 +286,10 @@ class CiderReward:
 class SelfCritical(CachedFeatures):
   """Self-critical sequence training on the cached features: batches of train images (not captions), each
   image's captions sampled in the step and rewarded by CIDEr-D (`CiderReward`); starts from a cross-entropy
-  checkpoint (`train.init_from`). Epoch e's image order depends only on (seed, e)."""
+  checkpoint (`train.init_from`). Epoch e's image order depends only on (seed, e). Host-fed: its step calls back
+  to the host for the rewards anyway."""
   trainable, inputs = ("decoder",), "grid"
+  device_resident = False
 
   def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
                train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):

@@ -11,12 +11,10 @@ import contextlib
 import json
 import math
 import os
-import queue
 import signal
 import sys
 import threading
 import time
-from typing import Iterator
 
 import jax
 import ml_collections
@@ -27,27 +25,13 @@ from tqdm import tqdm
 from jaxcap import checkpoint, config_check, evaluator, feeds, metrics, train_state
 from jaxcap.data import dataset, tfds_builder
 from jaxcap.data import vocab as vocab_lib
+from jaxcap.feeds import prefetch  # noqa: F401  (bench scripts use it from here)
 from jaxcap.train_state import TrainError  # noqa: F401  (the trainer's user-fixable error)
 
-
-def prefetch(items: Iterator, size: int = 2) -> Iterator:
-  """Runs `items` in a background thread, `size` ahead (host batching + device_put overlap the step)."""
-  q: queue.Queue = queue.Queue(size)
-  done = object()
-
-  def run():
-    try:
-      for item in items:
-        q.put(item)
-    except BaseException as e:  # handed to the consumer, raised there
-      q.put(e)
-    q.put(done)
-
-  threading.Thread(target=run, daemon=True).start()
-  while (item := q.get()) is not done:
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+# The host-to-device transfer guard (a `jax.transfer_guard_host_to_device` level) every dispatch after the first
+# runs under, fetching its inputs included. Tests set "disallow_explicit": the device-resident feed copies
+# nothing per step, so it passes; a host-fed step copies its batch, so it fails.
+STEADY_STATE_TRANSFER_GUARD = "allow"
 
 
 def host_params(tree):
@@ -239,9 +223,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log) ->
   t, is_main = config.train, jax.process_index() == 0
   builder, vocab, train, dev = load_data(config, workdir, is_main)
   model, variables = train_state.init_model(config, len(vocab), vocab.tokens)
-  # One data axis over every device of every process; parameters replicated, batches sharded.
+  # One data axis over every device of every process; parameters replicated, batches sharded (by the feed).
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  replicated = NamedSharding(mesh, P())
   feed = feeds.make_feed(config, builder, model, variables, vocab, train, dev, log, is_main)
   total_steps = t.num_steps or t.num_epochs * feed.steps_per_epoch
   if total_steps <= 0:
@@ -260,25 +244,27 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log) ->
     return checkpoint.metadata(step, config, vocab, model.encoder.preprocessing, best_score=best,
                                epoch=step / feed.steps_per_epoch, examples_seen=step * t.batch_size, **extra)
 
-  def to_device(local: dict) -> dict:
-    return {k: jax.make_array_from_process_local_data(sharded, v) for k, v in local.items()}
+  compiled = {}  # one jitted call per (objective, steps in it, the feed's static part of its inputs)
 
-  steps = {}  # one jitted step per objective the feed uses
-
-  def step_fn(step: int):
-    objective = feed.objective(step)
-    if objective not in steps:
-      steps[objective] = jax.jit(train_state.make_train_step(setup, objective), donate_argnums=0)
-    return steps[objective]
+  def dispatch_fn(first: int, n: int, static):
+    key = (feed.objective(first), n, static)
+    if key not in compiled:
+      compiled[key] = jax.jit(train_state.make_dispatch(setup, key[0], feed.draw(static, mesh), n),
+                              donate_argnums=0)
+    return compiled[key]
 
   log(f"training {total_steps} steps ({feed.steps_per_epoch} per epoch, batch {t.batch_size}, "
-      f"{jax.device_count()} device(s), regime {t.regime}) in {workdir}")
+      f"{jax.device_count()} device(s), regime {t.regime}, {t.steps_per_dispatch} per dispatch) in {workdir}")
   writer, preemption, result = MetricWriter(workdir, is_main, start), Preemption(log), last_dev
   progress = Progress(writer, start, total_steps, t.batch_size, is_main)
+  plan = feeds.chunks(start, total_steps, t.steps_per_dispatch, feed.objective)
+  inputs = iter(feed.dispatches(plan, mesh))
   try:
-    for step, batch in zip(range(start, total_steps), prefetch(map(to_device, feed.batches(start, total_steps)))):
-      state, step_metrics = step_fn(step)(state, batch)
-      done = step + 1
+    for first, n in plan:
+      with jax.transfer_guard_host_to_device(STEADY_STATE_TRANSFER_GUARD if first > start else "allow"):
+        static, args = next(inputs)
+        state, step_metrics = dispatch_fn(first, n, static)(state, args)
+      done = first + n
       ckpts.poll()  # a failed background save stops the run here
       is_last, stop, v = done == total_steps, preemption.reached(done), None
       if done % t.log_every == 0 or is_last:
@@ -297,7 +283,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log) ->
       if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last or stop or new_best:
         check_finite(float(jax.device_get(step_metrics["loss"])), done, ckpts)
         ckpts.save(done, state, meta(done, **({"dev": v} if v else {})), score=best if new_best else None)
-      progress.bar.update(1)
+      progress.bar.update(n)
       if stop:
         log(f"\nstopped by signal {preemption.signal} at step {done}; checkpoint saved, rerun to resume")
         break

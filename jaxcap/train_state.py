@@ -169,6 +169,19 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
   return train_step
 
 
+def make_dispatch(setup: Setup, objective: Objective, draw: Callable, steps: int) -> Callable:
+  """dispatch(state, args) -> (state, the last step's metrics): `steps` optimizer steps in one call (a lax.scan,
+  so a fast device does not wait on Python between steps); step i trains on draw(args, i, state["step"]), the
+  feed's batch of that step (sliced from stacked host batches, or gathered from data on the devices)."""
+  train_step = make_train_step(setup, objective)
+
+  def dispatch(state, args):
+    state, metrics = jax.lax.scan(lambda st, i: train_step(st, draw(args, i, st["step"])), state, jnp.arange(steps))
+    return state, jax.tree.map(lambda m: m[-1], metrics)
+
+  return dispatch
+
+
 def self_critical(config, reward: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Objective:
   """Self-critical sequence training (Rennie et al. 2017) with the mean reward of the same image's other samples
   as the baseline (Luo 2020): `train.scst_samples` captions sampled per image (batch["grid"]), scored on the

@@ -138,3 +138,16 @@ def test_autodiff_nn_scan_and_manual_backward_are_the_same_function(deep_output)
   (lm, gm), (la, ga) = (jax.jit(jax.value_and_grad(lambda p, d=d: loss(d, p)))(v["params"]) for d in (manual, auto))
   np.testing.assert_allclose(lm, la, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), gm, ga)
+
+
+def test_dropout_masks_do_not_depend_on_the_padded_length():
+  # Several steps per dispatch pad a batch to the longest of the dispatch; the real tokens' logits must not change.
+  d = Decoder(vocab_size=12, mode="attend", embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.5,
+              embed_dropout=0.3)
+  grid = jnp.ones((2, 2, 2, 4))
+  tokens = jnp.asarray([[1, 5, 6, 2], [1, 7, 2, 0]], jnp.int32)
+  v = jax.jit(d.init)(jax.random.key(0), grid, tokens)
+  short = d.apply(v, grid, tokens, train=True, rngs={"dropout": jax.random.key(3)})[0]
+  padded = jnp.pad(tokens, ((0, 0), (0, 4)))
+  long = d.apply(v, grid, padded, train=True, rngs={"dropout": jax.random.key(3)})[0]
+  np.testing.assert_allclose(long[:, :4], short, rtol=1e-6, atol=1e-6)

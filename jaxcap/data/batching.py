@@ -4,7 +4,8 @@ Used when images are represented by cached features: batches are index arrays, s
 pure function of (seed, step): resuming after a crash replays exactly the same data order. Length bucketing
 sorts pairs by length inside chunks of `chunk_batches` batches, so short captions do not pay for padding;
 each batch is cut to its longest caption rounded up to a multiple of `pad_multiple` (few distinct shapes, so
-few compilations).
+few compilations). The sorted batches are shuffled in runs of `group_batches` neighbours, so several steps per
+dispatch (which pad to the longest of their steps) see similar lengths at any steps_per_dispatch dividing it.
 """
 from __future__ import annotations
 
@@ -37,19 +38,20 @@ def caption_pairs(names: list[str], captions: dict[str, list[str]], vocab: vocab
 class Schedule:
   """Global batches of pair indices; epoch e's order depends only on (seed, e)."""
 
-  def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, bucket: bool = True,
-               chunk_batches: int = 50, pad_multiple: int = 4):
+  def __init__(self, lengths: np.ndarray, batch_size: int, seed: int | tuple[int, ...] = 0, bucket: bool = True,
+               chunk_batches: int = 48, pad_multiple: int = 4, group_batches: int = 8):
     if len(lengths) < batch_size:
       raise ValueError(f"{len(lengths)} training captions cannot fill one batch of {batch_size}")
     self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
     self.bucket, self.chunk_batches, self.pad_multiple = bucket, chunk_batches, pad_multiple
+    self.group_batches = group_batches
     self.steps_per_epoch = len(lengths) // batch_size
     self._cache: tuple[int, list[np.ndarray]] | None = None
 
   def epoch(self, e: int) -> list[np.ndarray]:
     if self._cache and self._cache[0] == e:
       return self._cache[1]
-    rng = np.random.default_rng([self.seed, e])
+    rng = np.random.default_rng([*np.atleast_1d(self.seed), e])  # a tuple seeds one stream per shard
     order = rng.permutation(len(self.lengths))[: self.steps_per_epoch * self.batch_size]
     if self.bucket:
       chunk = self.chunk_batches * self.batch_size
@@ -57,7 +59,9 @@ class Schedule:
                               for c in np.split(order, range(chunk, len(order), chunk))])
     batches = order.reshape(self.steps_per_epoch, self.batch_size)
     if self.bucket:
-      batches = batches[rng.permutation(self.steps_per_epoch)]
+      groups = np.split(np.arange(self.steps_per_epoch), range(self.group_batches, self.steps_per_epoch,
+                                                                  self.group_batches))
+      batches = batches[np.concatenate([groups[g] for g in rng.permutation(len(groups))])]
     self._cache = (e, list(batches))
     return self._cache[1]
 

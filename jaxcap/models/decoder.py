@@ -103,8 +103,6 @@ class Decoder(nn.Module):
     if self.deep_output:
       self.deep = nn.Dense(self.embed_dim, dtype=self.dtype, name="deep")
     self.out = nn.Dense(self.vocab_size, dtype=self.dtype, name="out")
-    self.drop = nn.Dropout(self.dropout)
-    self.embed_drop = nn.Dropout(self.embed_dropout)
 
   def init_state(self, grid):
     """Per-image constants and the initial carry. grid [B, h, w, C] -> (feats, att_feats, (c, h))."""
@@ -122,7 +120,7 @@ class Decoder(nn.Module):
     """Teacher-forced logits [B, T, V] and attention weights [B, T, N] for input tokens [B, T]."""
     feats, att_feats, carry = self.init_state(grid)
     emb = self.embed(tokens)
-    x = self.embed_drop(emb, deterministic=not train)
+    x = self._dropout(emb, self.embed_dropout, train)
     x_gates = self.embed_gates(x.astype(self.dtype))                                # [B, T, 4H]
 
     if self.mode == "attend" and self.attention_backward == "manual":
@@ -138,8 +136,18 @@ class Decoder(nn.Module):
                      in_axes=(1, nn.broadcast, nn.broadcast), out_axes=1)
       _, (outs, alphas) = scan(self.cell, carry, x_gates, feats, att_feats)
     outs = self._pre_logits(outs, emb)
-    logits = self.out(self.drop(outs, deterministic=not train).astype(self.dtype))
+    logits = self.out(self._dropout(outs, self.dropout, train).astype(self.dtype))
     return logits.astype(jnp.float32), alphas
+
+  def _dropout(self, x, rate: float, train: bool):
+    """Dropout on x [B, T, D] whose mask at time t depends only on (the dropout key, t), not on T: a batch padded
+    to a longer length (several steps per dispatch pad to their longest) keeps the masks of its real tokens."""
+    if not train or rate == 0.0:
+      return x
+    key = self.make_rng("dropout")
+    keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(x.shape[1]))
+    keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, x.shape[:1] + x.shape[2:]), out_axes=1)(keys)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
   def step(self, state, tokens):
     """One decoding step. state = (feats, att_feats, carry); tokens [B] -> (logits [B, V], alpha, state)."""

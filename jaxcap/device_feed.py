@@ -1,0 +1,194 @@
+"""The cached regime's train data resident on the devices: grids, caption tokens and the image row of each
+caption are put on the devices once, and every step gathers its batch there by index, so the host gathers and
+copies nothing per step (64 grids of 7x7x1280 are 8 MB a step at batch 64; at a GPU's batch of 1024, 128 MB).
+
+Layout (`placement` picks it and logs it with the sizes):
+  - "replicate": every device holds all of it. The batches are exactly the host feed's (`batching.Schedule` with
+    the same seed), so a run can switch between the two and resume exactly.
+  - "shard": the images are split over the data axis (device d holds images [d*n, (d+1)*n)) with their
+    captions, and device d draws its B/D rows of every batch from its own shard (each shard has its own
+    `Schedule`, seeded (seed, d)). The data order is a different one from the host feed's; each process reads
+    and holds only its devices' shards.
+Both are one shape: data arrays whose leading axis is split over S shards (S = 1 or D) and a table
+[steps, B] of row indices (global for S = 1, shard-local for S = D); device d takes its B/D columns.
+
+The order stays a pure function of the step: the table of an epoch (indices only, steps x B x 4 bytes) is made
+on the host from (seed, epoch) and uploaded once per epoch, and the step reads its row from the train state's
+step counter, which lives on the device.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxcap import train_state
+from jaxcap.data import batching
+from jaxcap.data import vocab as vocab_lib
+
+
+def device_budget(config, devices) -> int:
+  """Bytes of train data a device may hold: `train.device_memory_gb`, else half of what the device has free (CPU
+  devices share the host's memory: half the available memory over the local devices)."""
+  if config.train.device_memory_gb > 0:
+    return int(config.train.device_memory_gb * 2**30)
+  stats = devices[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 2
+  from jaxcap.feeds import available_memory
+  return available_memory() // 2 // max(jax.local_device_count(), 1)
+
+
+def placement(config, grid_bytes: int, pairs: batching.CaptionPairs, devices, log=print) -> str:
+  """"replicate", "shard" or "host", by `train.feed_placement` and what fits a device (logged with the sizes);
+  "device" that fits nowhere is a one-line error pointing to the host feed."""
+  t, n_dev = config.train, len(devices)
+  want = t.feed_placement
+  caption_bytes = pairs.tokens.nbytes + pairs.image_index.nbytes
+  table_bytes = (len(pairs.lengths) // t.batch_size + t.steps_per_dispatch) * t.batch_size * 4
+  whole = grid_bytes + caption_bytes + table_bytes
+  shard = math.ceil(grid_bytes / n_dev * 1.05) + math.ceil((caption_bytes + table_bytes) / n_dev * 1.2)  # uneven
+  budget = device_budget(config, devices)
+  gb = lambda b: f"{b / 2**30:.3f} GB"  # noqa: E731
+  sizes = (f"train grids {gb(grid_bytes)} + captions {gb(caption_bytes)} + index table {gb(table_bytes)}: "
+           f"{gb(whole)} per device replicated, ~{gb(shard)} sharded over {n_dev}; budget {gb(budget)} per device")
+  if want == "host":
+    choice = "host"
+  elif whole <= budget:
+    choice = "replicate"
+  elif shard <= budget and n_dev > 1:
+    choice = "shard"
+  elif want == "device":
+    raise train_state.TrainError(f"train.feed_placement=device: the train data fits no device ({sizes}); use "
+                                 f"train.feed_placement=host (or auto), or raise train.device_memory_gb")
+  else:
+    choice = "host"
+  what = {"host": "on the host (batches gathered and copied every step)", "replicate": "on the devices, replicated",
+          "shard": f"on the devices, sharded over {n_dev}"}[choice]
+  log(f"train feed: {what}; {sizes}; train.feed_placement={want}")
+  return choice
+
+
+class DeviceCaptions:
+  """The device-resident train data of the cached regime and its batches (see the module docstring)."""
+
+  def __init__(self, grids, pairs: batching.CaptionPairs, batch_size: int, seed: int, bucket: bool, max_len: int,
+               shards: int, n_devices: int, steps_per_dispatch: int):
+    if batch_size % n_devices:
+      raise ValueError(f"batch {batch_size} does not split over {n_devices} devices")
+    self.grids, self.max_len, self.k, self.batch_size = grids, max_len, steps_per_dispatch, batch_size
+    self.shards, self.per_device = shards, batch_size // n_devices
+    n_img = len(grids)
+    self.shard_images = -(-n_img // shards)
+    # Caption ids (rows of `pairs`) of each shard, and each shard's schedule over them.
+    owner = pairs.image_index // self.shard_images
+    self.caption_ids = [np.flatnonzero(owner == s) for s in range(shards)]
+    per_shard = batch_size // shards
+    if shards == 1:
+      self.schedules = [batching.Schedule(pairs.lengths, batch_size, seed, bucket=bucket)]
+    else:
+      self.schedules = [batching.Schedule(pairs.lengths[ids], per_shard, (seed, s), bucket=bucket)
+                        for s, ids in enumerate(self.caption_ids)]
+    self.steps_per_epoch = min(s.steps_per_epoch for s in self.schedules)
+    self.pairs, self.lengths = pairs, pairs.lengths
+    self.shard_captions = max(len(ids) for ids in self.caption_ids)
+    self._data, self._table = None, None
+
+  # -- host side: indices only --------------------------------------------------------------------------------
+  def table(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(device table [rows, B] int32, the padded length of each row [rows]) for steps epoch*spe .. the epoch's
+    end + K - 1 (a dispatch that starts in this epoch may run K - 1 steps into the next)."""
+    spe = self.steps_per_epoch
+    rows_local, rows_global = [], []
+    for step in range(epoch * spe, (epoch + 1) * spe + self.k - 1):
+      e, i = divmod(step, spe)
+      local = [sched.epoch(e)[i] for sched in self.schedules]  # each shard's rows of this step
+      rows_local.append(np.concatenate(local))
+      rows_global.append(np.concatenate([ids[r] for ids, r in zip(self.caption_ids, local)]
+                                        if self.shards > 1 else local))
+    local, glob = np.stack(rows_local).astype(np.int32), np.stack(rows_global)
+    mult = self.schedules[0].pad_multiple
+    lengths = np.minimum(self.max_len, -(-self.lengths[glob].max(1) // mult) * mult)
+    return local, lengths
+
+  def _shard_rows(self, array, shard_size: int, ids=None):
+    """A callback for `jax.make_array_from_callback`: the rows of the shards a device holds (zeros past the
+    end), read only when asked for, so a process holds only its devices' shards."""
+    cache = {}
+
+    def rows(index):
+      sl = index[0]
+      lo, hi = sl.start or 0, sl.stop if sl.stop is not None else shard_size * self.shards
+      if (lo, hi) not in cache:
+        parts = []
+        for s in range(lo // shard_size, -(-hi // shard_size)):
+          if ids is None:  # grids: a contiguous block of images
+            a, b = s * shard_size, min((s + 1) * shard_size, len(array))
+            part = np.asarray(array[a:b]) if b > a else np.zeros((0,) + array.shape[1:], array.dtype)
+          else:
+            part = array[ids[s]]
+          parts.append(batching.pad_rows(part, shard_size))
+        cache[(lo, hi)] = np.concatenate(parts)
+      return cache[(lo, hi)]
+
+    return rows
+
+  def _place(self, mesh) -> tuple:
+    spec = P() if self.shards == 1 else P("data")
+    sharding = NamedSharding(mesh, spec)
+    image_row = self.pairs.image_index % self.shard_images  # the row within its shard
+    arrays = []
+    for array, size, ids in ((self.grids, self.shard_images, None),
+                             (self.pairs.tokens, self.shard_captions, self.caption_ids),
+                             (image_row.astype(np.int32), self.shard_captions, self.caption_ids)):
+      if self.shards == 1:
+        ids = None if ids is None else [np.arange(len(array))]
+      shape = (size * self.shards,) + tuple(array.shape[1:])
+      arrays.append(jax.make_array_from_callback(shape, sharding, self._shard_rows(array, size, ids)))
+    return tuple(arrays)
+
+  # -- the loop's side --------------------------------------------------------------------------------------------
+  def dispatches(self, chunks, mesh):
+    """(static, args) per dispatch: static = the padded caption length of its batches; args = the resident data,
+    the epoch's table and the step its first row belongs to (device arrays; a new table once per epoch)."""
+    if self._data is None:
+      self._data = self._place(mesh)
+    table_sharding = NamedSharding(mesh, P() if self.shards == 1 else P(None, "data"))
+    replicated = NamedSharding(mesh, P())
+    epoch, lengths, table = None, None, None
+    for first, n in chunks:
+      e = first // self.steps_per_epoch
+      if e != epoch:
+        with jax.transfer_guard_host_to_device("allow"):  # once per epoch: indices, not data
+          host, lengths = self.table(e)
+          table = {"rows": jax.make_array_from_callback(host.shape, table_sharding, lambda i: host[i]),
+                   "first": jax.device_put(np.int32(e * self.steps_per_epoch), replicated)}
+        epoch = e
+      i = first - e * self.steps_per_epoch
+      yield int(lengths[i:i + n].max()), {"data": self._data, "table": table}
+
+  def draw(self, length: int, mesh):
+    """draw(args, i, step) -> the batch of the train step `step` (traced): each device gathers its B/D rows from
+    the data it holds."""
+    per = self.per_device
+
+    def local(grids, tokens, image_row, rows, first, step):
+      width = rows.shape[1]                          # B (replicated) or B/D (sharded: this shard's columns)
+      offset = (jax.lax.axis_index("data") % (width // per)) * per
+      ids = jax.lax.dynamic_slice(jax.lax.dynamic_index_in_dim(rows, step - first, keepdims=False), (offset,),
+                                  (per,))
+      toks = tokens[ids, :length]
+      return {"grid": grids[image_row[ids]], "tokens": toks, "mask": (toks != vocab_lib.PAD_ID).astype(jnp.float32)}
+
+    spec = P() if self.shards == 1 else P("data")
+    gather = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P() if self.shards == 1 else P(None, "data"),
+                                                       P(), P()), out_specs=P("data"), check_vma=False)
+
+    def draw(args, i, step):
+      grids, tokens, image_row = args["data"]
+      return gather(grids, tokens, image_row, args["table"]["rows"], args["table"]["first"], step)
+
+    return draw
