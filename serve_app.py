@@ -1,8 +1,11 @@
 """jaxcap in the browser: upload photos, read captions, beams and attention maps.
 
     streamlit run serve_app.py -- --checkpoint workdirs/flickr8k_lite0
+    streamlit run serve_app.py -- --checkpoint workdirs/seed0 --checkpoint workdirs/seed1   # an ensemble
 
-The checkpoint can also be set in the sidebar or with JAXCAP_CHECKPOINT. All model work goes through one
+The checkpoint can also be set in the sidebar or with JAXCAP_CHECKPOINT. Several --checkpoint make an
+ensemble (`jaxcap.inference.Captioner`: same vocabulary and encoder), each member in a sidebar field of its
+own. All model work goes through one
 `jaxcap.serving.CaptionService` per checkpoint (kept in st.cache_resource, so shared by every session): it
 batches the requests of all sessions and calls `jaxcap.inference.Captioner`. Uploads are decoded once and
 their captions cached by content and decoding settings (bounded LRUs in the same resource), so a rerun that
@@ -42,16 +45,17 @@ WAIT_S = 60.0            # a request not answered by then gets the "busy, retry"
 DEFAULTS = Request(beam_size=3, max_len=20, alpha=1.0)   # the sidebar's defaults: compiled at start-up
 
 
-def cli_checkpoint() -> str:
+def cli_checkpoints() -> list[str]:
+  """--checkpoint, repeated for an ensemble (default: JAXCAP_CHECKPOINT, one checkpoint)."""
   p = argparse.ArgumentParser()
-  p.add_argument("--checkpoint", default=os.environ.get("JAXCAP_CHECKPOINT", ""))
+  p.add_argument("--checkpoint", action="append", default=None)
   args, _ = p.parse_known_args(sys.argv[1:])
-  return args.checkpoint
+  return args.checkpoint or [os.environ.get("JAXCAP_CHECKPOINT", "")]
 
 
 @dataclasses.dataclass
 class Server:
-  """What every session shares for one checkpoint."""
+  """What every session shares for one checkpoint (or ensemble)."""
   captioner: Captioner
   service: CaptionService
   uploads: LRU             # sha1 of the bytes -> Upload
@@ -67,8 +71,8 @@ class Upload:
 
 @st.cache_resource(show_spinner="Loading the model and compiling it (once)...", max_entries=2,
                    on_release=lambda server: server.service.close())
-def load_server(path: str) -> Server:
-  cap = Captioner.load(path)
+def load_server(paths: tuple[str, ...]) -> Server:
+  cap = Captioner.load(paths)
   # Compiles the encoder, greedy and the default beam search for every batch size the worker uses, so no
   # request pays for a compile.
   service = CaptionService(cap, warm=(DEFAULTS,), stats_path=os.environ.get("JAXCAP_SERVING_STATS") or None)
@@ -218,7 +222,10 @@ def main():
   st.set_page_config(page_title="jaxcap", layout="wide")
   st.title("jaxcap: image captioning")
   with st.sidebar:
-    path = st.text_input("checkpoint (a training workdir)", value=cli_checkpoint(), key="checkpoint")
+    first, *more = cli_checkpoints()
+    path = st.text_input("checkpoint (a training workdir)", value=first, key="checkpoint")
+    # Further ensemble members: a field each, only when the command line named them.
+    more = [st.text_input(f"ensemble member {i}", value=m, key=f"checkpoint-{i}") for i, m in enumerate(more, 2)]
     beam = st.slider("beam width", 1, 8, DEFAULTS.beam_size)
     alpha = st.slider("length penalty alpha", 0.0, 2.0, DEFAULTS.alpha, 0.1)
     max_len = st.slider("maximum length", 5, 30, DEFAULTS.max_len)
@@ -227,7 +234,7 @@ def main():
             "then `streamlit run serve_app.py -- --checkpoint workdirs/quickstart`.")
     return
   try:
-    server = load_server(path)
+    server = load_server(tuple(p for p in (path, *more) if p))
   except CheckpointError as e:
     st.error(str(e))
     st.info("Train one with `python train.py`, or point the sidebar at a training workdir.")
@@ -235,7 +242,8 @@ def main():
   cap = server.captioner
   for warning in cap.warnings:  # a damaged best checkpoint: the app runs on the next one, and says so
     st.warning(warning)
-  st.caption(f"model: {cap.config.model.encoder} + {cap.mode} decoder, step {cap.step}, {len(cap.vocab)} words")
+  decoders = " + ".join(f"{m.mode} decoder, step {m.step}" for m in cap.members)
+  st.caption(f"model: {cap.config.model.encoder} + {decoders}, {len(cap.vocab)} words")
   uploads = st.file_uploader("Photos", type=UPLOAD_TYPES, accept_multiple_files=True)
   files = [(u.name, u.getvalue()) for u in uploads or []]
   if st.checkbox("try sample photos from the test split"):

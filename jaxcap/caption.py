@@ -1,6 +1,7 @@
 """Caption image files and folders (e.g. alt text for a website).
 
     python -m jaxcap.caption --checkpoint workdirs/flickr8k_lite0 photos/ extra.jpg --format jsonl
+    python -m jaxcap.caption --checkpoint workdirs/seed0 --checkpoint workdirs/seed1 photos/   # an ensemble
 
 Folders are searched recursively for image files. Every input gets one record: text `PATH<TAB>caption`
 (or `PATH<TAB>ERROR: ...`), JSONL `{"path", "caption"}` / `{"path", "error"}`, or CSV `path,caption,error`.
@@ -32,7 +33,9 @@ def expand(paths: list[str]) -> list[str]:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m jaxcap.caption", description=__doc__.split("\n")[0])
-  p.add_argument("--checkpoint", required=True, help="workdir (its best checkpoint) or a step directory")
+  p.add_argument("--checkpoint", required=True, action="append",
+                 help="workdir (its best checkpoint) or a step directory; repeat it for an ensemble (same "
+                 "vocabulary and encoder; words scored by the mean of the members' log-probabilities)")
   p.add_argument("--beam", type=int, default=3, help="beam size; 1 = greedy")
   p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (1.0: best on Flickr8k dev)")
   p.add_argument("--max_len", type=int, default=20)

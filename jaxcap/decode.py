@@ -2,7 +2,11 @@
 log-probability of given captions (teacher-forced, differentiable: what self-critical training needs).
 
 Decoders are addressed through `Decoder.init_state` / `Decoder.step`, so this module knows nothing of files or
-checkpoints.
+checkpoints. Greedy and beam search also take an ensemble: a tuple of decoders (same vocabulary, same feature
+grid) with a tuple of their params. Every step then scores a word by the mean of the members' log-probabilities
+(a product of experts: a word must suit every member; the log of the mean probability would let one confident
+member carry it), so a caption's beam log-probability is the mean of the members' log-probabilities of it. A
+single decoder is an ensemble of one, and the mean of one member is that member bit for bit.
 """
 from __future__ import annotations
 
@@ -22,16 +26,50 @@ def allowed_logits(logits: jax.Array) -> jax.Array:
   return jnp.where(banned, -1e9, logits)
 
 
+Members = Decoder | tuple[Decoder, ...]   # one decoder, or an ensemble's (with a tuple of their params)
+
+
+def members(decoder, params) -> tuple[tuple[Decoder, ...], tuple]:
+  """(decoders, params) as tuples: a single decoder is an ensemble of one."""
+  return (tuple(decoder), tuple(params)) if isinstance(decoder, tuple) else ((decoder,), (params,))
+
+
+def _mean(xs: list[jax.Array]) -> jax.Array:
+  """The members' mean; for one member x / 1, which is x exactly (so N = 1 is the single decoder bit for bit)."""
+  return sum(xs[1:], xs[0]) / len(xs)
+
+
+def _init(decoders, params, grid):
+  """Every member's per-image constants (feats, att_feats) and LSTM carry, for grid [B, h, w, C]."""
+  states = [d.apply({"params": p}, grid, method=Decoder.init_state) for d, p in zip(decoders, params)]
+  return tuple(s[:2] for s in states), tuple(s[2] for s in states)
+
+
+def _step(decoders, params, consts, carries, tokens):
+  """One step of every member: their logits ([B, V] each), the mean attention [B, N] of the attending members
+  (the first member's, empty, when none attends) and the new carries."""
+  outs = [d.apply({"params": p}, c + (carry,), tokens, method=Decoder.step)
+          for d, p, c, carry in zip(decoders, params, consts, carries)]
+  alphas = [o[1] for o in outs]
+  return [o[0] for o in outs], _mean([a for a in alphas if a.shape[-1]] or alphas[:1]), tuple(o[2][2] for o in outs)
+
+
+def _attention_size(decoders, grid) -> int:
+  return grid.shape[1] * grid.shape[2] if any(d.mode == "attend" for d in decoders) else 0
+
+
 @functools.partial(jax.jit, static_argnames=("decoder", "max_len"))
-def greedy(decoder: Decoder, params, grid: jax.Array, max_len: int = 20):
+def greedy(decoder: Members, params, grid: jax.Array, max_len: int = 20):
   """Greedy captions for grid [B, h, w, C]: tokens [B, max_len] (<pad> after <end>), alphas [B, max_len, N].
 
-  Stops early (lax.while_loop) once every caption has emitted <end>.
+  Stops early (lax.while_loop) once every caption has emitted <end>. An ensemble takes the argmax of the mean
+  of the members' logits: the same word as the argmax of their mean log-probability (the log-normalizers are
+  one constant per row), and for one member exactly today's argmax of its logits.
   """
-  variables = {"params": params}
-  state = decoder.apply(variables, grid, method=Decoder.init_state)
+  decoders, params = members(decoder, params)
+  consts, carries = _init(decoders, params, grid)
   b = grid.shape[0]
-  n = state[1].shape[1] if decoder.mode == "attend" else 0
+  n = _attention_size(decoders, grid)
   tokens = jnp.full((b, max_len), vocab_lib.PAD_ID, jnp.int32)
   alphas = jnp.zeros((b, max_len, n), jnp.float32)
 
@@ -40,15 +78,16 @@ def greedy(decoder: Decoder, params, grid: jax.Array, max_len: int = 20):
     return (t < max_len) & ~jnp.all(done)
 
   def body(c):
-    t, state, prev, done, tokens, alphas = c
-    logits, alpha, state = decoder.apply(variables, state, prev, method=Decoder.step)
-    nxt = jnp.where(done, vocab_lib.PAD_ID, jnp.argmax(allowed_logits(logits), -1).astype(jnp.int32))
+    t, carries, prev, done, tokens, alphas = c
+    logits, alpha, carries = _step(decoders, params, consts, carries, prev)
+    best = jnp.argmax(_mean([allowed_logits(lg) for lg in logits]), -1).astype(jnp.int32)
+    nxt = jnp.where(done, vocab_lib.PAD_ID, best)
     tokens = tokens.at[:, t].set(nxt)
     alphas = alphas.at[:, t].set(alpha)
-    return t + 1, state, nxt, done | (nxt == vocab_lib.END_ID), tokens, alphas
+    return t + 1, carries, nxt, done | (nxt == vocab_lib.END_ID), tokens, alphas
 
   start = jnp.full((b,), vocab_lib.START_ID, jnp.int32)
-  init = (jnp.int32(0), state, start, jnp.zeros((b,), bool), tokens, alphas)
+  init = (jnp.int32(0), carries, start, jnp.zeros((b,), bool), tokens, alphas)
   _, _, _, _, tokens, alphas = jax.lax.while_loop(cond, body, init)
   return tokens, alphas
 
@@ -123,7 +162,7 @@ def _merge_beams(tree):
 
 
 @functools.partial(jax.jit, static_argnames=("decoder", "beam_size", "max_len"))
-def beam_search(decoder: Decoder, params, grid: jax.Array, beam_size: int = 3, max_len: int = 20,
+def beam_search(decoder: Members, params, grid: jax.Array, beam_size: int = 3, max_len: int = 20,
                 alpha: float | jax.Array = 0.0):
   """Beam search for grid [B, h, w, C], batched over images.
 
@@ -132,14 +171,17 @@ def beam_search(decoder: Decoder, params, grid: jax.Array, beam_size: int = 3, m
   An ended hypothesis never grows again and keeps its score; a hypothesis that reaches max_len without <end>
   is returned as it is (ranked after every ended one), so every image always gets K captions. The loop
   stops once no live beam can beat the worst kept ended one. `alpha` is traced: changing it never recompiles.
+  An ensemble extends hypotheses by the mean of the members' log-probabilities (log_probs: the mean of the
+  members' caption log-probabilities; alphas: the mean attention of the attending members).
   """
-  k, variables = beam_size, {"params": params}
+  k = beam_size
+  decoders, params = members(decoder, params)
   alpha = jnp.asarray(alpha, jnp.float32)
   b = grid.shape[0]
-  feats, att_feats, carry = decoder.apply(variables, grid, method=Decoder.init_state)
-  n = att_feats.shape[1] if decoder.mode == "attend" else 0
+  consts, carries = _init(decoders, params, grid)
+  n = _attention_size(decoders, grid)
   tile = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
-  state = (tile(feats), tile(att_feats), jax.tree.map(tile, carry))
+  consts, carries = jax.tree.map(tile, consts), jax.tree.map(tile, carries)
   # Only beam 0 is live at the start, so the first step does not pick K copies of the same word.
   live_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
   seqs = jnp.full((b, k, max_len), vocab_lib.PAD_ID, jnp.int32)
@@ -158,9 +200,9 @@ def beam_search(decoder: Decoder, params, grid: jax.Array, beam_size: int = 3, m
     return (t < max_len) & can_improve
 
   def body(c):
-    t, live_lp, seqs, alphas, state, last, fin_scores, fin_lp, fin_seqs, fin_alphas = c
-    logits, alpha_t, state = decoder.apply(variables, state, last.reshape(-1), method=Decoder.step)
-    logp = jax.nn.log_softmax(allowed_logits(logits)).reshape(b, k, -1)
+    t, live_lp, seqs, alphas, carries, last, fin_scores, fin_lp, fin_seqs, fin_alphas = c
+    logits, alpha_t, carries = _step(decoders, params, consts, carries, last.reshape(-1))
+    logp = _mean([jax.nn.log_softmax(allowed_logits(lg)) for lg in logits]).reshape(b, k, -1)
     vsize = logp.shape[-1]
     cand = (live_lp[:, :, None] + logp).reshape(b, k * vsize)
     cand_lp, cand_idx = jax.lax.top_k(cand, 2 * k)                        # 2k: k may end at once
@@ -184,12 +226,12 @@ def beam_search(decoder: Decoder, params, grid: jax.Array, beam_size: int = 3, m
     live_lp, pick = jax.lax.top_k(live_scores, k)
     src = jnp.take_along_axis(beam, pick, 1)
     seqs, alphas = _gather(c_seqs, pick), _gather(c_alphas, pick)
-    # Only the LSTM carry follows its beam: the image's features are the same in all K rows.
-    state = state[:2] + (_merge_beams(_gather(_split_beams(state[2], b, k), src)),)
+    # Only the LSTM carries follow their beam: the image's features are the same in all K rows.
+    carries = _merge_beams(_gather(_split_beams(carries, b, k), src))
     last = jnp.take_along_axis(token, pick, 1)
-    return t + 1, live_lp, seqs, alphas, state, last, fin_scores, fin_lp, fin_seqs, fin_alphas
+    return t + 1, live_lp, seqs, alphas, carries, last, fin_scores, fin_lp, fin_seqs, fin_alphas
 
-  init = (jnp.int32(0), live_lp, seqs, alphas, state, last, fin_scores, fin_lp, fin_seqs, fin_alphas)
+  init = (jnp.int32(0), live_lp, seqs, alphas, carries, last, fin_scores, fin_lp, fin_seqs, fin_alphas)
   t, live_lp, seqs, alphas, _, _, fin_scores, fin_lp, fin_seqs, fin_alphas = jax.lax.while_loop(cond, body, init)
   # Unended live beams fill the slots no ended hypothesis took (peers crash when none ends).
   live_scores = live_lp / length_penalty(t, alpha)

@@ -2,12 +2,15 @@
 
     python -m jaxcap.evaluate --checkpoint workdirs/flickr8k_lite0 --split test --beam 3
     python -m jaxcap.evaluate --checkpoint workdirs/flickr8k_lite0 --split dev --beam 3 --alphas 0 0.4 0.8 1.2
+    python -m jaxcap.evaluate --checkpoint workdirs/seed0 --checkpoint workdirs/seed1 --split dev --beam 3
 
 Images go through the same pipeline as training (decode, resize) and the checkpoint's encoder. Writes a JSONL
 of per-image predictions (caption, beams, references, per-image BLEU-4) and prints a table; the last line of
 stdout is one JSON object with the metrics. Without --data_dir the dataset named in the checkpoint's config
 is used (whatever its data.dataset: Flickr8k, a Karpathy JSON, tfds:<name>). With several --alphas, each
-length penalty is evaluated on the same encoded images (tune on dev, report on test).
+length penalty is evaluated on the same encoded images (tune on dev, report on test). Several --checkpoint
+make an ensemble (same vocabulary and encoder; every step scores words by the mean of the members'
+log-probabilities): images are encoded once, and the dataset is the first checkpoint's.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import time
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m jaxcap.evaluate", description=__doc__.split("\n")[0])
-  p.add_argument("--checkpoint", required=True, help="workdir (its best checkpoint) or a step directory")
+  p.add_argument("--checkpoint", required=True, action="append",
+                 help="workdir (its best checkpoint) or a step directory; repeat it for an ensemble")
   p.add_argument("--data_dir", default=None, help="dataset folder (default: the one in the checkpoint's config)")
   p.add_argument("--split", default="test", choices=("train", "dev", "test"))
   p.add_argument("--beam", type=int, default=3, help="beam size; 1 = greedy")
@@ -28,7 +32,8 @@ def main(argv=None) -> int:
   p.add_argument("--max_len", type=int, default=20)
   p.add_argument("--batch_size", type=int, default=50)
   p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
-  p.add_argument("--out", default=None, help="per-image JSONL (default: <checkpoint>/eval_<split>_beam<k>.jsonl)")
+  p.add_argument("--out", default=None, help="per-image JSONL (default: <checkpoint>/eval_<split>_beam<k>.jsonl; "
+                 "an ensemble's goes to the first checkpoint, ending _ensemble<n>.jsonl)")
   p.add_argument("--no_meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
   a = p.parse_args(argv)
 
@@ -52,7 +57,8 @@ def main(argv=None) -> int:
   log = lambda *x: print(*x, file=sys.stderr)  # noqa: E731
   n = builder.info.splits[a.split].num_examples
   n = min(n, a.limit) if a.limit else n
-  log(f"{cap.source}: {a.split} split of {dataset.describe(data)}, {n} images, beam {a.beam}")
+  source = " + ".join(cap.sources)
+  log(f"{source}: {a.split} split of {dataset.describe(data)}, {n} images, beam {a.beam}")
 
   t0 = time.time()
   # Raw images through the training pipeline's decode and resize and the checkpoint's encoder: what a user of
@@ -64,13 +70,14 @@ def main(argv=None) -> int:
   for alpha in a.alphas:
     t1 = time.time()
     settings = evaluator.Settings(a.beam, a.max_len, alpha, a.batch_size)
-    ev = evaluator.evaluate(cap.model.decoder, cap.variables["params"]["decoder"], inputs, settings, cap.vocab,
+    ev = evaluator.evaluate(cap.decoders, cap.decoder_params, inputs, settings, cap.vocab,
                             scorer=lambda h, r: metrics.all_metrics(h, r, meteor=not a.no_meteor))
     results.append({"alpha": alpha, **ev.metrics, "decode_s": time.time() - t1, "hyps": ev.captions,
                     "beams": [[{"caption": c, "score": s} for c, s in b] for b in ev.beams]})
 
   best = results[0]
-  out = a.out or os.path.join(os.path.abspath(a.checkpoint), f"eval_{a.split}_beam{a.beam}.jsonl")
+  ensemble = f"_ensemble{len(cap.members)}" if len(cap.members) > 1 else ""
+  out = a.out or os.path.join(os.path.abspath(a.checkpoint[0]), f"eval_{a.split}_beam{a.beam}{ensemble}.jsonl")
   with open(out, "w") as f:
     for name, h, b, r in zip(inputs.names, best["hyps"], best["beams"], inputs.references):
       f.write(json.dumps({"image": name, "caption": h, "beams": b, "references": r,
@@ -81,7 +88,7 @@ def main(argv=None) -> int:
     log(f"{r['alpha']:6.2f} " + " ".join(f"{r[c]:8.4f}" if r[c] is not None else f"{'-':>8}" for c in cols)
         + f" {r['decode_s']:9.1f}")
   log(f"per-image predictions of alpha={best['alpha']:g}: {out}")
-  summary = {"checkpoint": cap.source, "split": a.split, "images": n, "beam": a.beam, "max_len": a.max_len,
+  summary = {"checkpoint": source, "split": a.split, "images": n, "beam": a.beam, "max_len": a.max_len,
              "encode_s": encode_s, "total_s": time.time() - t0,
              "results": [{k: v for k, v in r.items() if k not in ("hyps", "beams")} for r in results]}
   if len(results) == 1:

@@ -45,7 +45,8 @@ class Decoded:
 
 
 def decode_grids(decoder, params, grids, settings: Settings) -> Decoded:
-  """Greedy or beam-search captions for grids [N, h, w, C], in batches of settings.batch_size."""
+  """Greedy or beam-search captions for grids [N, h, w, C], in batches of settings.batch_size. `decoder` and
+  `params` may be tuples: an ensemble (`jaxcap.decode`)."""
   parts = []
   for i in range(0, len(grids), settings.batch_size):
     chunk = np.asarray(grids[i:i + settings.batch_size])  # grids may be on disk (feature_cache.FeatureRows)

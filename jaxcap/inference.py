@@ -4,6 +4,12 @@ read through `jaxcap.checkpoint` and captions decoded through `jaxcap.evaluator`
     cap = Captioner.load("workdirs/flickr8k_lite0")          # a workdir (its best-on-dev checkpoint) or a step dir
     [result] = cap.caption(["photo.jpg"], beam_size=3)
     result.caption, result.beams, result.attention           # attention: [words, h, w] (attend mode)
+
+    ens = Captioner.load(["workdirs/seed0", "workdirs/seed1"])  # an ensemble: one encoder, the decoders' mean
+
+An ensemble's members must share the vocabulary (the mean is taken word by word) and the encoder with its
+weights (each image is encoded once, by the first member's encoder; members fine-tuned apart would each need
+their own pass, so they are refused in one line instead). Their decoders may differ in anything else.
 """
 from __future__ import annotations
 
@@ -43,18 +49,33 @@ class Captioner:
   """Loads once; captions PIL images, numpy arrays, file paths or bytes, greedy or beam search."""
 
   def __init__(self, model: CaptionModel, variables: dict, vocab: Vocab, config: ml_collections.ConfigDict,
-               step: int = 0, source: str = ""):
+               step: int = 0, source: str = "", others: Sequence["Captioner"] = ()):
     self.model, self.variables, self.vocab, self.config = model, variables, vocab, config
     self.step, self.source = step, source
     self.warnings: list[str] = []
     self.preprocessing: Preprocessing = model.encoder.preprocessing
     self.mode = model.decoder.mode
     self._encode = encode_fn(model)
+    for other in others:
+      check_ensemble(self, other)
+    # This checkpoint first, then the other ensemble members (checked: same vocabulary and encoder).
+    self.members: tuple[Captioner, ...] = (self, *others)
+    self.decoders = tuple(m.model.decoder for m in self.members)
+    self.decoder_params = tuple(m.variables["params"]["decoder"] for m in self.members)
+    self.sources = [m.source for m in self.members]
 
   @classmethod
-  def load(cls, path: str, warn: Callable[[str], None] = lambda s: None) -> "Captioner":
-    """A workdir's best-on-dev checkpoint (or a step dir). One that cannot be read is reported through `warn`
-    in one line and the next best is used; CheckpointError (one line) when none can be read."""
+  def load(cls, path: str | Sequence[str], warn: Callable[[str], None] = lambda s: None) -> "Captioner":
+    """A workdir's best-on-dev checkpoint (or a step dir); several paths make an ensemble (CheckpointError, one
+    line naming both, when two members differ in vocabulary or encoder). One that cannot be read is reported
+    through `warn` in one line and the next best is used; CheckpointError (one line) when none can be read."""
+    first, *others = [cls._load_one(p, warn) for p in ([path] if isinstance(path, str) else path)]
+    cap = cls(first.model, first.variables, first.vocab, first.config, first.step, first.source, others)
+    cap.warnings = [w for m in (first, *others) for w in m.warnings]
+    return cap
+
+  @classmethod
+  def _load_one(cls, path: str, warn: Callable[[str], None]) -> "Captioner":
     warnings: list[str] = []
 
     def note(message: str) -> None:
@@ -96,7 +117,7 @@ class Captioner:
              batch_size: int | None = None) -> list[Result]:
     """Captions for feature grids [N, h, w, C] (from `encode_pixels`), through `evaluator.decode_grids` in
     batches of `batch_size` (default: all N at once). One compilation per (batch size, beam, max_len)."""
-    out = evaluator.decode_grids(self.model.decoder, self.variables["params"]["decoder"], grids,
+    out = evaluator.decode_grids(self.decoders, self.decoder_params, grids,
                                  evaluator.Settings(beam_size, max_len, alpha, batch_size or len(grids)))
     h, w = grids.shape[1:3]
     results = []
@@ -104,7 +125,7 @@ class Captioner:
       beams = [Beam(self.vocab.to_text(t), float(s), float(lp)) for t, s, lp in zip(tokens, scores, log_probs)]
       best = tokens[0]
       n_words = next((t for t, tok in enumerate(best) if tok in (END_ID, PAD_ID)), len(best))
-      att = alphas[0, :n_words].reshape(n_words, h, w) if self.mode == "attend" else None
+      att = alphas[0, :n_words].reshape(n_words, h, w) if alphas.shape[-1] else None  # (no member attends)
       results.append(Result(beams[0].caption, beams[0].caption.split(), beams, att))
     return results
 
@@ -130,3 +151,28 @@ class Captioner:
     blank = np.zeros((1, size, size, 3), np.uint8)
     for k in beam_sizes:
       self.caption_pixels(blank, k, max_len)
+
+
+def check_ensemble(a: Captioner, b: Captioner) -> None:
+  """Raises CheckpointError (one line naming both checkpoints) unless b can join a's ensemble: the same vocabulary
+  (word ids are averaged position by position) and the same encoder and encoder weights (images are encoded
+  once, by a's encoder)."""
+  def refuse(what: str) -> None:
+    raise CheckpointError(f"cannot ensemble {a.source} and {b.source}: {what}")
+  if a.vocab.tokens != b.vocab.tokens:
+    diff = next((i for i, (x, y) in enumerate(zip(a.vocab.tokens, b.vocab.tokens)) if x != y), None)
+    where = f"first at id {diff}: {a.vocab.tokens[diff]!r} vs {b.vocab.tokens[diff]!r}" if diff is not None else \
+        "one extends the other"
+    refuse(f"their vocabularies differ ({len(a.vocab)} vs {len(b.vocab)} tokens, {where}); ensemble members "
+           "must be trained with the same vocabulary")
+  if a.model.encoder != b.model.encoder or a.preprocessing.to_dict() != b.preprocessing.to_dict():
+    refuse(f"their encoders differ ({a.config.model.encoder} at {a.preprocessing.size} px vs "
+           f"{b.config.model.encoder} at {b.preprocessing.size} px); an ensemble encodes each image once, so "
+           "its members must share the encoder")
+  weights = lambda c: {k: c.variables[k].get("encoder", {}) for k in ("params", "batch_stats")}  # noqa: E731
+  wa, wb = weights(a), weights(b)
+  same = jax.tree.structure(wa) == jax.tree.structure(wb) and all(
+      np.array_equal(x, y) for x, y in zip(jax.tree.leaves(wa), jax.tree.leaves(wb)))
+  if not same:
+    refuse("their encoder weights differ (a fine-tuned encoder?); an ensemble encodes each image once, so its "
+           "members must share the encoder's weights")
