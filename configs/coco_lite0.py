@@ -10,7 +10,7 @@ for this recipe yet; the settings are Flickr8k's recipe scaled to COCO's size, n
 TFDS downloads and prepares coco_captions the first time (the COCO 2014 images, some 20 GB, into data.tfds_dir or
 ~/tensorflow_datasets). Train is Karpathy's train + restval (113,287 images, about 567k captions, so about 2,200
 steps per epoch at batch 256), dev his 5,000 val images, test his 5,000 test images. The train features
-(113,287 x 7x7x1280 float16) take about 14 GB: with train.feature_store="auto" the trainer holds them in host memory
+(113,287 x 7x7x1280 float16) take 13.2 GB: with train.feature_store="auto" the trainer holds them in host memory
 when train + dev fit train.feature_memory_gb (0: half the memory available at the start) and streams them from
 the on-disk cache otherwise; the log line "feature store: ..." says which, with the sizes.
 
