@@ -110,20 +110,28 @@ class FeatureRows:
     return self.read(np.asarray(key))
 
   def read(self, rows: np.ndarray) -> np.ndarray:
-    """[len(rows), ...] the rows at these indices (relative to this view)."""
+    """[len(rows), ...] the rows at these indices (relative to this view), read straight into the result: each
+    distinct row once (runs of consecutive rows landing side by side in one read), repeats copied."""
     rows = np.asarray(rows, np.int64).reshape(-1)
     rows = np.where(rows < 0, rows + len(self), rows)
     if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
       raise IndexError(f"{self.path}: row index out of range [0, {len(self)})")
-    uniq, inverse = np.unique(rows, return_inverse=True)
-    buf = np.empty((len(uniq),) + self._row_shape, self.dtype)
-    runs = np.split(np.arange(len(uniq)), np.flatnonzero(np.diff(uniq) != 1) + 1) if len(uniq) else []
-    for run in runs:
-      first = int(uniq[run[0]]) + self._start
-      _pread_into(self._file.fd, buf[run[0]:run[-1] + 1], self._offset + first * self._row_bytes)
-    if len(uniq) == len(rows) and np.array_equal(uniq, rows):
-      return buf
-    return buf[inverse.reshape(-1)]
+    out = np.empty((len(rows),) + self._row_shape, self.dtype)
+    if not rows.size:
+      return out
+    order = np.argsort(rows, kind="stable")
+    srt = rows[order]
+    first = np.ones(len(srt), bool)
+    first[1:] = srt[1:] != srt[:-1]
+    pos, uniq = order[first], srt[first]  # where each distinct row goes, and which row it is (ascending)
+    cut = np.flatnonzero((np.diff(uniq) != 1) | (np.diff(pos) != 1)) + 1
+    for a, b in zip(np.r_[0, cut], np.r_[cut, len(uniq)]):
+      offset = self._offset + (self._start + int(uniq[a])) * self._row_bytes
+      _pread_into(self._file.fd, out[pos[a]:pos[a] + b - a], offset)
+    if len(pos) < len(rows):  # repeats: copy from the first occurrence
+      src = pos[np.cumsum(first) - 1]
+      out[order[~first]] = out[src[~first]]
+    return out
 
   def load(self) -> np.ndarray:
     """Every row of this view, in host memory."""

@@ -262,3 +262,14 @@ def test_old_checkpoint_configs_read_as_flickr8k(kaggle_dir):
       flickr8k.scan(kaggle_dir, check_images=False).splits["test"][:2]
   shutil.rmtree(os.path.join(kaggle_dir, "Images"))
   assert dataset.sample_images(ml_collections.ConfigDict(saved["data"]), 2) == []  # not on this machine
+
+
+@pytest.mark.parametrize("name, kind", [("coco_lite0", "tfds"), ("flickr30k_lite0", "karpathy"),
+                                        ("flickr8k_lite0", "flickr8k")])
+def test_dataset_recipes_name_their_dataset(name, kind):
+  import importlib
+  cfg = importlib.import_module(f"configs.{name}").get_config()
+  assert dataset.spec(cfg.data).kind == kind
+  if kind != "flickr8k":
+    assert "accelerator" in importlib.import_module(f"configs.{name}").__doc__
+    assert cfg.model.dtype == "bfloat16" and cfg.train.regime == "cached"

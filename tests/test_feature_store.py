@@ -37,6 +37,13 @@ def test_rows_are_the_npy_file_read_on_demand(grids):
   np.testing.assert_array_equal(rows[::3], a[::3])
   with pytest.raises(IndexError):
     rows[[37]]
+  rng = np.random.default_rng(0)
+  for _ in range(50):  # random batches: repeats, runs of consecutive rows, any order
+    idx = rng.integers(0, 37, rng.integers(1, 40))
+    if rng.random() < 0.3:
+      idx = np.sort(idx)
+    np.testing.assert_array_equal(rows[idx], a[idx])
+    np.testing.assert_array_equal(view[idx % 7], a[2:9][idx % 7])
 
 
 def test_row_writer_refuses_a_wrong_count(tmp_path):
