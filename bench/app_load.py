@@ -20,6 +20,8 @@ imports this checkout's jaxcap), opens one page first (the model loads and compi
 
 Each phase also reports the CPU seconds the server process used and the whole machine used (server, Chromium
 and anything else running), beside its wall time: on a quiet 2-core machine the difference is the browsers'.
+The sessions phases report the same for the upload window alone (upload_cpu: first upload to last finished
+page, page opening excluded).
 
 All traffic goes to 127.0.0.1; every wait is bounded (--timeout); the server and the browser are stopped in
 `finally`. Prints one JSON object. Needs Debian's chromium and playwright (requirements.txt).
@@ -146,12 +148,16 @@ async def upload_and_wait(page, photos, timeout_ms: int) -> dict:
   return {"seconds": round(done / 1000 - t0, 3), "timeout": False, "errors": errors, "t0": t0, "done": done / 1000}
 
 
-async def concurrent_sessions(context, url, photos, timeout_ms, pages=None):
-  """Every page uploads its photo at the same moment; times until each and all pages are finished."""
+async def concurrent_sessions(context, url, photos, timeout_ms, pages=None, pid=None):
+  """Every page uploads its photo at the same moment; times until each and all pages are finished. With the
+  server's pid, also the CPU seconds the server and the whole machine used from the uploads until the last
+  page was finished (page opening excluded)."""
   own = pages is None
   pages = pages or await open_pages(context, url, len(photos), timeout_ms)
   try:
+    meter = CpuMeter(pid) if pid else None
     runs = await asyncio.gather(*[upload_and_wait(page, photo, timeout_ms) for page, photo in zip(pages, photos)])
+    upload_cpu = meter.read() if meter else None
   finally:
     if own:
       await asyncio.gather(*[p.close() for p in pages])
@@ -159,7 +165,7 @@ async def concurrent_sessions(context, url, photos, timeout_ms, pages=None):
   return {"sessions": len(photos),
           "all_finished_s": round(max(done) - min(r["t0"] for r in runs), 3) if len(done) == len(runs) else None,
           "session_s": [r["seconds"] for r in runs], "errors": sum(r["errors"] for r in runs),
-          "timeouts": sum(r["timeout"] for r in runs)}
+          "timeouts": sum(r["timeout"] for r in runs), **({"upload_cpu": upload_cpu} if upload_cpu else {})}
 
 
 # The attention view: [its caption, its image's src, loaded?] ('' when the page has none yet).
@@ -240,7 +246,7 @@ async def run(a, url, photos, pid, stats_path, out: dict):
       for n in a.sessions:
         reps = a.single_repeats if n == 1 else 1
         meter = CpuMeter(pid)
-        runs = [await concurrent_sessions(context, url, [next(photos) for _ in range(n)], timeout_ms)
+        runs = [await concurrent_sessions(context, url, [next(photos) for _ in range(n)], timeout_ms, pid=pid)
                 for _ in range(reps)]
         key = f"sessions_{n}"
         if reps == 1:
@@ -249,7 +255,8 @@ async def run(a, url, photos, pid, stats_path, out: dict):
           finished = [r["all_finished_s"] for r in runs]
           out[key] = {"sessions": 1, "median_s": statistics.median([f for f in finished if f is not None]),
                       "runs_s": finished, "errors": sum(r["errors"] for r in runs),
-                      "timeouts": sum(r["timeouts"] for r in runs), "cpu": meter.read()}
+                      "timeouts": sum(r["timeouts"] for r in runs), "upload_cpu": [r["upload_cpu"] for r in runs],
+                      "cpu": meter.read()}
       if a.slider_photos:
         out["slider"] = await slider(context, url, [next(photos) for _ in range(a.slider_photos)], a.slider_moves,
                                      stats_path, timeout_ms)
