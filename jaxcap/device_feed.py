@@ -35,11 +35,16 @@ def device_budget(config, devices) -> int:
   devices share the host's memory: half the available memory over the local devices)."""
   if config.train.device_memory_gb > 0:
     return int(config.train.device_memory_gb * 2**30)
-  stats = devices[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}  # only this process's devices can be asked
   if "bytes_limit" in stats:
-    return (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 2
-  from jaxcap.feeds import available_memory
-  return available_memory() // 2 // max(jax.local_device_count(), 1)
+    budget = (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 2
+  else:
+    from jaxcap.feeds import available_memory
+    budget = available_memory() // 2 // max(jax.local_device_count(), 1)
+  if jax.process_count() > 1:  # every process must make the same choice, or their collectives would not match
+    from jax.experimental import multihost_utils
+    budget = int(np.min(multihost_utils.process_allgather(np.int64(budget))))
+  return budget
 
 
 def placement(config, grid_bytes: int, pairs: batching.CaptionPairs, devices, log=print) -> str:
