@@ -185,6 +185,7 @@ def main():
       variables["params"]["decoder"] = jax.tree.map(np.asarray, model.decoder.init(
           jax.random.PRNGKey(1), np.zeros((1, GRID_HW, GRID_HW, channels)), np.zeros((1, 2), np.int32))["params"])
       setup = train_state.build(cfg, model, variables, 100_000, trainable=("decoder",))
+      setup.state = jax.tree.map(np.array, setup.state)  # host copies: device_put of a device array donates it
       setups[(dtype, backward)] = (setup, train_state.cross_entropy(cfg, train_state.decoder_forward))
     return setups[(dtype, backward)]
 
@@ -427,8 +428,8 @@ def torch_rows(a, runner: Runner, result: dict, real, width: int, channels: int,
         idx = order[s * batch:(s + 1) * batch]
         idx = idx[np.argsort(-real.lengths[idx], kind="stable")]  # sorted by length, as its loader does
         lengths = real.lengths[idx]
-        caps = torch.as_tensor(real.tokens[idx, :lengths.max()])
-        go(enc, caps, torch.as_tensor(lengths))
+        caps = torch.as_tensor(real.tokens[idx, :lengths.max()]).long()
+        go(enc, caps, torch.as_tensor(lengths).long())
       sync()
       secs = time.perf_counter() - t0
       return {"epoch_s": secs, "captions_per_s": steps * batch / secs, "steps": steps}
