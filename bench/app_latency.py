@@ -12,14 +12,12 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: serve_app.py, docs/
+from bench import common
+
+ROOT = common.ROOT  # the repository: serve_app.py, docs/
 
 
 def main():
@@ -35,29 +33,14 @@ def main():
 
   src = flickr8k.scan(a.data_dir, check_images=False)
   photos = [os.path.join(src.images_dir, n) for n in src.splits["test"][: a.uploads]]
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", os.path.join(ROOT, "serve_app.py"),
-                             "--server.port", str(port), "--server.address", "127.0.0.1", "--",
-                             "--checkpoint", a.checkpoint], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
   times, captions = [], []
-  try:
-    for _ in range(240):
-      try:
-        if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-          break
-      except OSError:
-        time.sleep(0.5)
+  with common.streamlit_app(os.path.join(ROOT, "serve_app.py"), a.checkpoint, timeout=300) as (url, _):
     with sync_playwright() as pw:
-      browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=[
-          "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-          "--disable-component-update", "--no-first-run"])  # playwright: a fresh temporary profile
+      browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=common.CHROMIUM_ARGS)
       page = browser.new_page(viewport={"width": 1300, "height": 1000})
       for i, photo in enumerate(photos):
         # A fresh session per photo (the model stays loaded: st.cache_resource), so each time is one photo's.
-        page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+        page.goto(url, timeout=60_000)
         page.wait_for_selector("input[type=file]", state="attached", timeout=300_000)
         t0 = time.perf_counter()
         page.set_input_files("input[type=file]", photo)
@@ -75,9 +58,6 @@ def main():
           os.makedirs(os.path.dirname(os.path.abspath(a.screenshot)), exist_ok=True)
           page.screenshot(path=a.screenshot, full_page=True)
       browser.close()
-  finally:
-    server.terminate()
-    server.wait(timeout=30)
   print(json.dumps({"bench": "app_upload_to_caption", "uploads": len(times),
                     "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
                     "times_s": times, "captions": captions, "screenshot": a.screenshot}))

@@ -32,15 +32,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import common
+
+ROOT = common.ROOT
 
 # Installed in every page: window.__done is set (Date.now()) once the page is finished after an upload, and
 # window.__errors counts error boxes, warnings and exceptions.
@@ -64,9 +63,9 @@ FINISHED_JS = """
 }
 """
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-background-timer-throttling",
-                 "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows"]
+# Many pages in one browser: none of them may be throttled as a background tab.
+CHROMIUM_ARGS = common.CHROMIUM_ARGS + ["--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                                        "--disable-backgrounding-occluded-windows"]
 
 
 def rss_mb(pid: int) -> float:
@@ -291,39 +290,19 @@ def main():
     raise SystemExit(f"{need} photos needed, the test split has {len(names)}")
   photos = iter(os.path.join(src.images_dir, n) for n in names)   # each photo once: no cache helps
 
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   out: dict = {}
   load_start = [round(x, 2) for x in os.getloadavg()]   # 1/5/15-minute: the machine is shared
   tmp = tempfile.mkdtemp(prefix="jaxcap_app_load_")
   stats_path = os.path.join(tmp, "serving_stats.json")
   log = open(os.path.join(tmp, "server.log"), "w")
-  env = {**os.environ, "PYTHONPATH": ROOT, "JAXCAP_SERVING_STATS": stats_path}
-  server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", a.app, "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false", "--", "--checkpoint", a.checkpoint],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
   try:
-    deadline = time.time() + a.timeout
-    while time.time() < deadline:
-      try:
-        if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-          break
-      except OSError:
-        time.sleep(0.5)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a kill still stops the server and browser
-    asyncio.run(run(a, f"http://127.0.0.1:{port}/", photos, server.pid, stats_path, out))
-    out["final_stats"] = read_stats(stats_path)
+    with common.streamlit_app(a.app, a.checkpoint, a.timeout, {"JAXCAP_SERVING_STATS": stats_path}, log) as (
+        url, server):
+      signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a kill still stops the server and browser
+      asyncio.run(run(a, url, photos, server.pid, stats_path, out))
+      out["final_stats"] = read_stats(stats_path)
   finally:
-    server.terminate()
-    try:
-      server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-      server.kill()
-      server.wait(timeout=30)
     log.close()
-    from bench import common
     common.emit({"bench": "app_load", "app": a.app, "checkpoint": a.checkpoint, "server_log": log.name,
                  "machine": common.machine(), "load_average_start": load_start,
                  "load_average_end": [round(x, 2) for x in os.getloadavg()], **out})

@@ -1,9 +1,19 @@
-"""Timing shared by the benchmark scripts: median/min/max seconds of a call or a jitted train step, machine facts."""
+"""Shared by the benchmark scripts (and the browser tests): median/min/max seconds of a call or a jitted train
+step, machine facts, a real Streamlit server of the app and the Chromium flags to drive it."""
+import contextlib
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: serve_app.py, jaxcap/
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]  # playwright: a fresh temporary profile
 
 
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
@@ -40,3 +50,35 @@ def time_train_step(step, state, batch, repeats: int):
     jax.block_until_ready(metrics)
 
   return timeit(run, repeats=repeats), compile_s, holder["state"]
+
+
+@contextlib.contextmanager
+def streamlit_app(app: str, checkpoint: str, timeout: float = 120, env: dict | None = None,
+                  log=subprocess.DEVNULL):
+  """Yields (url, server process) of a real `streamlit run APP -- --checkpoint CHECKPOINT` on a free localhost
+  port, run from the repository with this checkout's jaxcap, once its health check answers (or `timeout` has
+  passed: the pages then show what is wrong). Its output goes to `log`; it is stopped on exit."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", app, "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false", "--", "--checkpoint", checkpoint],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})}, stdout=log,
+                            stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+      try:
+        if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
+          break
+      except OSError:
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/", server
+  finally:
+    server.terminate()
+    try:
+      server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      server.kill()
+      server.wait(timeout=30)

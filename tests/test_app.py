@@ -1,16 +1,14 @@
 """The Streamlit app: AppTest (in process) and a real headless Chromium driving a real server."""
+import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+
+from bench import common
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,14 +102,6 @@ def test_a_full_queue_gives_a_busy_message_and_retry_works(trained, monkeypatch)
   assert len([m for m in at.markdown if m.value.startswith("**")]) == 1
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"]  # playwright: a fresh temporary profile
 needs_chromium = pytest.mark.skipif(not shutil.which("chromium"),
                                     reason="Debian chromium not installed (.ci/run installs it)")
 
@@ -121,48 +111,39 @@ def app_server(trained, tmp_path_factory):
   """(url, stats file) of a real `streamlit run serve_app.py` on the tiny model, shared by the browser tests;
   the caption service writes its counters (model calls) to the stats file."""
   workdir, _ = trained
-  port = _free_port()
   stats = str(tmp_path_factory.mktemp("app_server") / "serving_stats.json")
-  server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true", "--",
-                             "--checkpoint", workdir], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": ROOT, "JAXCAP_SERVING_STATS": stats})
-  try:
-    deadline = time.time() + 120
-    while time.time() < deadline:
-      try:
-        if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-          break
-      except OSError:
-        time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/", stats
-  finally:
-    server.terminate()
-    server.wait(timeout=30)
+  with common.streamlit_app(APP, workdir, timeout=120, env={"JAXCAP_SERVING_STATS": stats}) as (url, _):
+    yield url, stats
+
+
+@contextlib.contextmanager
+def _app_page(url):
+  """A page of the app in headless Chromium, once its uploader is there."""
+  from playwright.sync_api import sync_playwright
+  with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=common.CHROMIUM_ARGS)
+    try:
+      page = browser.new_page(viewport={"width": 1200, "height": 900})
+      page.goto(url, timeout=60_000)
+      page.wait_for_selector("input[type=file]", state="attached", timeout=180_000)
+      yield page
+    finally:
+      browser.close()
 
 
 @pytest.mark.slow
 @needs_chromium
 def test_browser_upload_shows_caption(trained, app_server, tmp_path):
-  from playwright.sync_api import sync_playwright
   workdir, cfg = trained
   url, _ = app_server
   image = tmp_path / "upload.png"
   Image.open(os.path.join(cfg.data.synthetic_dir, "Images", "synth_00004.jpg")).save(image)
-  with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM)
-    try:
-      page = browser.new_page(viewport={"width": 1200, "height": 900})
-      page.goto(url, timeout=60_000)
-      page.wait_for_selector("input[type=file]", state="attached", timeout=180_000)
-      page.set_input_files("input[type=file]", str(image))
-      caption = page.wait_for_selector("strong", timeout=120_000).inner_text()
-      page.wait_for_function("[...document.images].every(i => i.complete)", timeout=30_000)
-      os.makedirs(ARTIFACTS, exist_ok=True)
-      page.screenshot(path=os.path.join(ARTIFACTS, "browser_upload.png"), full_page=True)
-    finally:
-      browser.close()
+  with _app_page(url) as page:
+    page.set_input_files("input[type=file]", str(image))
+    caption = page.wait_for_selector("strong", timeout=120_000).inner_text()
+    page.wait_for_function("[...document.images].every(i => i.complete)", timeout=30_000)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "browser_upload.png"), full_page=True)
   from jaxcap.inference import Captioner
   [want] = Captioner.load(workdir).caption([str(image)], beam_size=3, alpha=1.0)  # the app's defaults
   assert caption == want.caption
@@ -173,35 +154,27 @@ def test_browser_upload_shows_caption(trained, app_server, tmp_path):
 def test_browser_attention_slider_reruns_only_its_view(trained, app_server):
   """In the browser, moving a photo's attention slider reruns only that photo's fragment: the heat map
   changes, the server makes no model call (its counters), and the caption stays."""
-  from playwright.sync_api import sync_playwright
   _, cfg = trained
   url, stats = app_server
   photo = os.path.join(cfg.data.synthetic_dir, "Images", "synth_00020.jpg")
   model_calls = lambda: json.load(open(stats))["model_calls"]  # noqa: E731
   overlay_js = ("() => [...document.querySelectorAll('[data-testid=\"stImageCaption\"]')]"
                 ".map(e => e.innerText).find(t => t.startsWith('where')) || ''")
-  with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM)
-    try:
-      page = browser.new_page(viewport={"width": 1200, "height": 900})
-      page.goto(url, timeout=60_000)
-      page.wait_for_selector("input[type=file]", state="attached", timeout=180_000)
-      beam = page.locator("[data-testid=stSidebar] [data-testid=stSlider] input[type=range]").first
-      beam.focus()
-      page.keyboard.press("Home")   # beam width 1: the tiny model's greedy captions have several words
-      page.wait_for_function("() => document.querySelector('[data-testid=stSidebar] [data-testid=stSlider] "
-                             "input[type=range]').value === '1'", timeout=30_000)
-      page.wait_for_timeout(500)   # the rerun the beam slider started is over
-      page.set_input_files("input[type=file]", photo)
-      page.wait_for_selector("[data-testid=stDownloadButton]", timeout=120_000)
-      page.wait_for_function(f"() => ({overlay_js})().startsWith('where word 1,')", timeout=30_000)
-      caption = page.locator("strong").first.inner_text()
-      before = model_calls()
-      page.locator("[data-testid=stMain] [data-testid=stSlider] input[type=range]").first.focus()
-      page.keyboard.press("ArrowRight")
-      page.wait_for_function(f"() => ({overlay_js})().startsWith('where word 2,')", timeout=30_000)
-      page.wait_for_timeout(500)
-      assert model_calls() == before
-      assert page.locator("strong").first.inner_text() == caption
-    finally:
-      browser.close()
+  with _app_page(url) as page:
+    beam = page.locator("[data-testid=stSidebar] [data-testid=stSlider] input[type=range]").first
+    beam.focus()
+    page.keyboard.press("Home")   # beam width 1: the tiny model's greedy captions have several words
+    page.wait_for_function("() => document.querySelector('[data-testid=stSidebar] [data-testid=stSlider] "
+                           "input[type=range]').value === '1'", timeout=30_000)
+    page.wait_for_timeout(500)   # the rerun the beam slider started is over
+    page.set_input_files("input[type=file]", photo)
+    page.wait_for_selector("[data-testid=stDownloadButton]", timeout=120_000)
+    page.wait_for_function(f"() => ({overlay_js})().startsWith('where word 1,')", timeout=30_000)
+    caption = page.locator("strong").first.inner_text()
+    before = model_calls()
+    page.locator("[data-testid=stMain] [data-testid=stSlider] input[type=range]").first.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"() => ({overlay_js})().startsWith('where word 2,')", timeout=30_000)
+    page.wait_for_timeout(500)
+    assert model_calls() == before
+    assert page.locator("strong").first.inner_text() == caption
