@@ -115,9 +115,7 @@ class DeviceCaptions:
       rows_global.append(np.concatenate([ids[r] for ids, r in zip(self.caption_ids, local)]
                                         if self.shards > 1 else local))
     local, glob = np.stack(rows_local).astype(np.int32), np.stack(rows_global)
-    mult = self.schedules[0].pad_multiple
-    lengths = np.minimum(self.max_len, -(-self.lengths[glob].max(1) // mult) * mult)
-    return local, lengths
+    return local, batching.cut_length(self.lengths[glob].max(1), self.schedules[0].pad_multiple, self.max_len)
 
   def _shard_rows(self, array, shard_size: int, ids=None):
     """A callback for `jax.make_array_from_callback`: the rows of the shards a device holds (zeros past the

@@ -69,8 +69,13 @@ class Schedule:
     return self.epoch(step // self.steps_per_epoch)[step % self.steps_per_epoch]
 
   def padded_length(self, idx: np.ndarray, max_len: int) -> int:
-    longest = int(self.lengths[idx].max())
-    return min(max_len, -(-longest // self.pad_multiple) * self.pad_multiple)
+    return int(cut_length(self.lengths[idx].max(-1), self.pad_multiple, max_len))
+
+
+def cut_length(longest, multiple: int, max_len: int):
+  """The length a batch is cut to (an int, or one per row of an array): its longest caption rounded up to a
+  multiple of `multiple`, at most max_len."""
+  return np.minimum(max_len, -(-longest // multiple) * multiple)
 
 
 def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
