@@ -176,6 +176,8 @@ def make_dispatch(setup: Setup, objective: Objective, draw: Callable, steps: int
   train_step = make_train_step(setup, objective)
 
   def dispatch(state, args):
+    if steps == 1:  # no loop: XLA's CPU backend runs a convolution in a while loop's body several times slower
+      return train_step(state, draw(args, 0, state["step"]))
     state, metrics = jax.lax.scan(lambda st, i: train_step(st, draw(args, i, st["step"])), state, jnp.arange(steps))
     return state, jax.tree.map(lambda m: m[-1], metrics)
 
