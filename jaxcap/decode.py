@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcap.data import vocab as vocab_lib
-from jaxcap.models.decoder import Decoder
+from jaxcap.models.decoder import Decoder, repeat_rows
 
 
 def allowed_logits(logits: jax.Array) -> jax.Array:
@@ -103,8 +103,7 @@ def sample(decoder: Decoder, params, grid: jax.Array, rng: jax.Array, num_sample
   """
   variables = {"params": params}
   b = grid.shape[0]
-  grid = jnp.repeat(grid, num_samples, axis=0)                                     # [B*S, h, w, C]
-  state = decoder.apply(variables, grid, method=Decoder.init_state)
+  state = repeat_rows(decoder.apply(variables, grid, method=Decoder.init_state), num_samples)  # B*S rows
   temperature = jnp.asarray(temperature, jnp.float32)
 
   def body(c, t):
@@ -125,11 +124,15 @@ def sample(decoder: Decoder, params, grid: jax.Array, rng: jax.Array, num_sample
 def sequence_log_probs(decoder: Decoder, params, grid: jax.Array, tokens: jax.Array, train: bool = False,
                        rng: jax.Array | None = None) -> jax.Array:
   """Per-token log-probabilities [N, L] of given captions tokens [N, L] (as `sample` or `greedy` return them:
-  no <start>, <pad> after <end>) under the decoder, teacher-forced on those tokens; 0 after <end>.
+  no <start>, <pad> after <end>) under the decoder, teacher-forced on those tokens; 0 after <end>. grid holds
+  N images, or N / k images each with k consecutive captions (as `sample` returns them, flattened).
   Differentiable in params (self-critical training's policy gradient)."""
+  per_image, rest = divmod(tokens.shape[0], grid.shape[0])
+  if rest:
+    raise ValueError(f"{tokens.shape[0]} captions do not divide among {grid.shape[0]} images")
   inputs = jnp.concatenate([jnp.full(tokens.shape[:1] + (1,), vocab_lib.START_ID, tokens.dtype), tokens[:, :-1]], 1)
   rngs = {"dropout": rng} if train else {}
-  logits, _ = decoder.apply({"params": params}, grid, inputs, train=train, rngs=rngs)
+  logits, _ = decoder.apply({"params": params}, grid, inputs, train=train, captions_per_image=per_image, rngs=rngs)
   logp = jnp.take_along_axis(jax.nn.log_softmax(allowed_logits(logits)), tokens[..., None], -1)[..., 0]
   return jnp.where(caption_mask(tokens), logp, 0.0)
 

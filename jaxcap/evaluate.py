@@ -21,7 +21,7 @@ import sys
 import time
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m jaxcap.evaluate", description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, action="append",
                  help="workdir (its best checkpoint) or a step directory; repeat it for an ensemble")
@@ -34,27 +34,38 @@ def main(argv=None) -> int:
   p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
   p.add_argument("--out", default=None, help="per-image JSONL (default: <checkpoint>/eval_<split>_beam<k>.jsonl; "
                  "an ensemble's goes to the first checkpoint, ending _ensemble<n>.jsonl)")
-  p.add_argument("--no_meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
-  a = p.parse_args(argv)
+  p.add_argument("--no_meteor", action="store_true",
+                 help="skip the Java metrics: METEOR (the slowest) and coco-caption's PTB-tokenized BLEU-4")
+  return p
 
-  from jaxcap import evaluator, feature_cache, metrics
-  from jaxcap.data import DataError, dataset
-  from jaxcap.data.images import ImageError
+
+def main(argv=None) -> int:
   from jaxcap import checkpoint
-  from jaxcap.inference import Captioner, CheckpointError
+  from jaxcap.data import DataError
+  from jaxcap.data.images import ImageError
+  from jaxcap.inference import CheckpointError
 
   checkpoint.quiet_orbax_errors()
-
   try:
-    cap = Captioner.load(a.checkpoint, warn=lambda m: print(m, file=sys.stderr))
-    data = cap.config.data.copy_and_resolve_references()
-    if a.data_dir:  # the same kind of dataset, in another folder (prepared in the default place)
-      data.data_dir, data.tfds_dir, data.synthetic = a.data_dir, "", False
-    builder = dataset.prepare(data)
+    summary = run(parser().parse_args(argv))
   except (CheckpointError, DataError, ImageError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  log = lambda *x: print(*x, file=sys.stderr)  # noqa: E731
+  print(json.dumps(summary))
+  return 0
+
+
+def run(a: argparse.Namespace, log=lambda *x: print(*x, file=sys.stderr)) -> dict:
+  """The evaluation `a` (parsed flags, `parser()`) describes; returns the summary main prints."""
+  from jaxcap import evaluator, feature_cache, metrics
+  from jaxcap.data import dataset
+  from jaxcap.inference import Captioner
+
+  cap = Captioner.load(a.checkpoint, warn=log)
+  data = cap.config.data.copy_and_resolve_references()
+  if a.data_dir:  # the same kind of dataset, in another folder (prepared in the default place)
+    data.data_dir, data.tfds_dir, data.synthetic = a.data_dir, "", False
+  builder = dataset.prepare(data)
   n = builder.info.splits[a.split].num_examples
   n = min(n, a.limit) if a.limit else n
   source = " + ".join(cap.sources)
@@ -82,7 +93,7 @@ def main(argv=None) -> int:
     for name, h, b, r in zip(inputs.names, best["hyps"], best["beams"], inputs.references):
       f.write(json.dumps({"image": name, "caption": h, "beams": b, "references": r,
                           "bleu4": metrics.sentence_bleu4(h, r)}) + "\n")
-  cols = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"]
+  cols = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "bleu4_coco", "dangling"]
   log(f"\n{'alpha':>6} " + " ".join(f"{c:>8}" for c in cols) + f" {'decode s':>9}")
   for r in results:
     log(f"{r['alpha']:6.2f} " + " ".join(f"{r[c]:8.4f}" if r[c] is not None else f"{'-':>8}" for c in cols)
@@ -93,8 +104,7 @@ def main(argv=None) -> int:
              "results": [{k: v for k, v in r.items() if k not in ("hyps", "beams")} for r in results]}
   if len(results) == 1:
     summary.update({k: v for k, v in summary.pop("results")[0].items()})
-  print(json.dumps(summary))
-  return 0
+  return summary
 
 
 if __name__ == "__main__":

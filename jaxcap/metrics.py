@@ -75,5 +75,34 @@ def coco_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
   return out
 
 
+def coco_bleu4(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float | None:
+  """BLEU-4 as the coco-caption toolkit computes it, the figure papers print: raw text through its PTB
+  tokenizer (Stanford CoreNLP, Java), then pycocoevalcap's `Bleu` (closest-reference length). None without
+  Java."""
+  if not java_available():
+    return None
+  from pycocoevalcap.bleu.bleu import Bleu
+  from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+  tok = PTBTokenizer()
+  gts = tok.tokenize({i: [{"caption": r} for r in rs] for i, rs in enumerate(references)})
+  res = tok.tokenize({i: [{"caption": h or "<empty>"}] for i, h in enumerate(hypotheses)})
+  return float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
+
+
+# Words a caption cannot end on ("a man in a", "with a"): articles, prepositions, conjunctions, possessives.
+DANGLING = frozenset("a an the in on of with and or at to for by from into onto near under over behind "
+                     "through across down up his her their its while as is are".split())
+
+
+def dangling_rate(hypotheses: Sequence[str]) -> float:
+  """Share of captions whose last word is one a caption cannot end on (`DANGLING`); empty ones count."""
+  ends = [normalize(h)[-1:] for h in hypotheses]
+  return sum(not e or e[0] in DANGLING for e in ends) / max(len(hypotheses), 1)
+
+
 def all_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]], meteor: bool = True) -> dict:
-  return {**bleu(hypotheses, references), **coco_metrics(hypotheses, references, meteor)}
+  """Everything the evaluation command reports. The Java metrics (METEOR, coco-caption's BLEU-4) are None
+  without Java or with meteor=False."""
+  return {**bleu(hypotheses, references), **coco_metrics(hypotheses, references, meteor),
+          "bleu4_coco": coco_bleu4(hypotheses, references) if meteor else None,
+          "dangling": dangling_rate(hypotheses)}

@@ -14,6 +14,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxcap.process import exit_process
+
 import configs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -67,18 +69,9 @@ def main(argv) -> int:
   return 0
 
 
-def _exit(code: int) -> None:
-  if code:  # after the one error line, exit without joining threads: the non-daemon signalling threads of an
-    # Orbax save that failed before it began (a read-only workdir) wait for their signals forever
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-  sys.exit(code)
-
-
 def run():
   """Console-script entry point."""
-  app.run(lambda argv: _exit(main(argv)))
+  app.run(lambda argv: exit_process(main(argv)))
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ def self_critical(config, reward: Callable[[np.ndarray, np.ndarray], np.ndarray]
                                 jax.ShapeDtypeStruct((b, n), jnp.float32), tokens, batch["image_index"])
     advantage = rewards - (rewards.sum(1, keepdims=True) - rewards) / (n - 1)
     flat = tokens.reshape(b * n, -1)
-    logp = decode.sequence_log_probs(model.decoder, params["decoder"], jnp.repeat(grid, n, axis=0), flat)
+    logp = decode.sequence_log_probs(model.decoder, params["decoder"], grid, flat)
     ntok = jnp.maximum(decode.caption_mask(flat).sum(), 1.0)
     loss = -(advantage.reshape(-1, 1) * logp).sum() / ntok
     return loss, {"reward": rewards.mean(), "advantage_abs": jnp.abs(advantage).mean(), "tokens": ntok}, batch_stats

@@ -120,9 +120,16 @@ def test_sampling_is_seeded_ends_cleanly_and_its_log_probs_match_teacher_forcing
     assert (row[len(real):] == V.PAD_ID).all()
   tf = decode.sequence_log_probs(d, v["params"], jnp.repeat(grid, 4, axis=0), jnp.asarray(flat))
   np.testing.assert_allclose(np.asarray(tf), flat_lp, atol=1e-5)
+  # Each image once with its 4 captions consecutive (its constants computed once): the same function.
+  per_image = lambda p: decode.sequence_log_probs(d, p, grid, jnp.asarray(flat))  # noqa: E731
+  np.testing.assert_allclose(np.asarray(per_image(v["params"])), flat_lp, atol=1e-5)
   grad = jax.grad(lambda p: decode.sequence_log_probs(d, p, jnp.repeat(grid, 4, axis=0), jnp.asarray(flat)).sum())(
       v["params"])
   assert np.abs(np.asarray(grad["out"]["kernel"])).sum() > 0
+  grad_per_image = jax.grad(lambda p: per_image(p).sum())(v["params"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad_per_image, grad)
+  with pytest.raises(ValueError, match="7 captions do not divide among 3 images"):
+    decode.sequence_log_probs(d, v["params"], grid, jnp.asarray(flat[:7]))
 
 
 @pytest.mark.parametrize("deep_output", [pytest.param(False, marks=pytest.mark.slow), True])

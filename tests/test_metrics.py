@@ -41,3 +41,23 @@ def test_perfect_captions_score_one():
   assert metrics.sentence_bleu4("a dog is running", refs[0]) == pytest.approx(1.0)
   with pytest.raises(ValueError, match="2 hypotheses but 1 reference lists"):
     metrics.bleu(["a", "b"], [["a"]])
+
+
+@pytest.mark.slow  # the PTB tokenizer runs a Java subprocess
+def test_coco_bleu4_is_pycocoevalcaps_bleu_on_ptb_tokens():
+  if not metrics.java_available():
+    pytest.skip("needs Java")
+  from pycocoevalcap.bleu.bleu import Bleu
+  hyps, refs = ["A dog runs on the grass.", "a man rides a bike"], REFS[:2]
+  got = metrics.coco_bleu4(hyps, refs)
+  gts = {i: [" ".join(metrics.normalize(r)) for r in rs] for i, rs in enumerate(refs)}
+  res = {i: [" ".join(metrics.normalize(h))] for i, h in enumerate(hyps)}
+  # PTB tokens of this text are its normalized words, so the toolkit's score is Bleu on them ...
+  assert got == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
+  # ... which is not nltk's corpus BLEU (shortest vs closest reference length): papers print this one.
+  assert got != pytest.approx(metrics.bleu(hyps, refs)["bleu4"])
+
+
+def test_dangling_rate_counts_captions_that_end_on_a_function_word():
+  assert metrics.dangling_rate(["a man in a", "a dog runs .", "two kids play with a", "", "A man on"]) == 0.8
+  assert metrics.dangling_rate(["a dog runs", "people stand in the street"]) == 0.0

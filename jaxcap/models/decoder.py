@@ -70,6 +70,11 @@ class ShowTellCell(nn.Module):
     return (c, h), (h, jnp.zeros(h.shape[:1] + (0,), jnp.float32))
 
 
+def repeat_rows(tree, n: int):
+  """Every leaf's rows repeated n times (row i becomes rows i*n .. i*n+n-1)."""
+  return tree if n == 1 else jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
+
+
 class Decoder(nn.Module):
   vocab_size: int
   mode: str = "attend"
@@ -116,9 +121,11 @@ class Decoder(nn.Module):
     att_feats = self.att_proj(feats) if self.mode == "attend" else jnp.zeros(feats.shape[:2] + (0,), self.dtype)
     return feats, att_feats, carry
 
-  def __call__(self, grid, tokens, train: bool = False):
-    """Teacher-forced logits [B, T, V] and attention weights [B, T, N] for input tokens [B, T]."""
-    feats, att_feats, carry = self.init_state(grid)
+  def __call__(self, grid, tokens, train: bool = False, captions_per_image: int = 1):
+    """Teacher-forced logits [B, T, V] and attention weights [B, T, N] for input tokens [B, T]; with
+    captions_per_image = k, grid holds B / k images, each image's k captions consecutive in tokens (the image's
+    constants computed once, not k times)."""
+    feats, att_feats, carry = repeat_rows(self.init_state(grid), captions_per_image)
     emb = self.embed(tokens)
     x = self._dropout(emb, self.embed_dropout, train)
     x_gates = self.embed_gates(x.astype(self.dtype))                                # [B, T, 4H]

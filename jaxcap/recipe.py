@@ -1,0 +1,116 @@
+"""A recipe: the training runs that make one result, in order, then its test evaluation. One command:
+
+    python -m jaxcap.recipe --config configs/flickr8k_best.py --workdir workdirs/flickr8k_best \
+        [--config.base.data.data_dir=DIR] [--config.seeds=1]
+
+A recipe config (see configs/flickr8k_best.py) holds
+  - `base`: a training config (the cross-entropy run);
+  - `self_critical`: `train` fields that turn it into the self-critical run started from the cross-entropy
+    one (empty: no self-critical stage);
+  - `seeds`: how many such chains (seeds 0..n-1); with more than one, the final models are also evaluated as
+    an ensemble;
+  - `beam`, `alpha`: the test decoding.
+Every stage is an ordinary training run in <workdir>/<stage> (xe_seed0, scst_seed0, ...), so a rerun after a
+crash resumes the stage it was in and passes over finished ones. The encoder's ImageNet weights are converted
+first when they are missing (needs requirements-torch.txt). At the end the first chain's model (the single
+model) and, with several seeds, the ensemble are evaluated on the test split with every metric; the results
+and each stage's wall time go to <workdir>/recipe.json, and the last line of stdout is that JSON object.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxcap.process import exit_process
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Recipe config (a .py with get_config()); fields overridable as "
+                                "--config.FIELD=v", lock_config=True)
+flags.DEFINE_string("workdir", None, "Every stage's workdir goes under it (default: workdirs/<config name>)")
+
+
+def stages(recipe: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(workdir, training config) of every run, in the order they run."""
+  out = []
+  for seed in range(recipe.seeds):
+    xe = recipe.base.copy_and_resolve_references()
+    xe.seed = seed
+    out.append((os.path.join(workdir, f"xe_seed{seed}"), xe))
+    if recipe.self_critical:
+      sc = xe.copy_and_resolve_references()
+      sc.train.update(recipe.self_critical)
+      sc.train.init_from = out[-1][0]
+      out.append((os.path.join(workdir, f"scst_seed{seed}"), sc))
+  return out
+
+
+def final_models(recipe: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """The last stage of every seed's chain."""
+  per_seed = 2 if recipe.self_critical else 1
+  return [w for w, _ in stages(recipe, workdir)[per_seed - 1::per_seed]]
+
+
+def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x, file=sys.stderr, flush=True)):
+  from jaxcap import evaluate, pretrained, train_lib, train_state
+
+  t0, result = time.time(), {"stages": {}}
+  base = recipe.base
+  if base.model.pretrained == "default" and not os.path.exists(train_state.weights_path(base)):
+    log(f"converting the {base.model.encoder} ImageNet weights (once)")
+    pretrained.convert(base.model.encoder)
+  for stage_dir, config in stages(recipe, workdir):
+    log(f"\n== {os.path.basename(stage_dir)} ({time.time() - t0:.0f} s into the recipe)")
+    t = time.time()
+    r = train_lib.train_and_evaluate(config, stage_dir)
+    result["stages"][os.path.basename(stage_dir)] = {
+        "wall_s": time.time() - t, **{k: v for k, v in r.items() if k.startswith(("best_", "test_", "dev_"))
+                                      and not k.endswith("example")}}
+  models = final_models(recipe, workdir)
+  evals = {"single": models[:1]} | ({f"ensemble{len(models)}": models} if len(models) > 1 else {})
+  for name, checkpoints in evals.items():
+    log(f"\n== test, {name}: {' + '.join(checkpoints)}")
+    args = evaluate.parser().parse_args(sum((["--checkpoint", c] for c in checkpoints), []) +
+                                        ["--split", "test", "--beam", str(recipe.beam), "--alphas", str(recipe.alpha)])
+    result[name] = evaluate.run(args, log)
+  result["wall_s"] = time.time() - t0
+  with open(os.path.join(workdir, "recipe.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
+def main(argv) -> int:
+  del argv
+  from absl import logging
+
+  from jaxcap import checkpoint, pretrained, train_lib
+  from jaxcap.checkpoint import CheckpointError
+  from jaxcap.config_check import ConfigError
+  from jaxcap.data import DataError
+
+  logging.set_verbosity(logging.WARNING)
+  checkpoint.quiet_orbax_errors()
+  if FLAGS.config is None:
+    print("error: --config is required (a recipe config, e.g. configs/flickr8k_best.py)", file=sys.stderr)
+    return 2
+  config_path = FLAGS["config"].config_filename
+  workdir = FLAGS.workdir or os.path.join("workdirs", os.path.splitext(os.path.basename(config_path))[0])
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    result = run(FLAGS.config, workdir)
+  except (train_lib.TrainError, DataError, pretrained.WeightsError, CheckpointError, ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: exit_process(main(argv)))

@@ -1,0 +1,72 @@
+"""A recipe (jaxcap.recipe): cross-entropy then self-critical for each seed, one command, resumable, and the
+single model and the ensemble evaluated on test."""
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxcap import checkpoint, pretrained, recipe, train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _recipe(tiny_config, encoder_file, seeds=2):
+  c = ml_collections.ConfigDict()
+  c.base = tiny_config("cached", **{"train.num_steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10,
+                                    "model.pretrained": encoder_file})
+  c.self_critical = ml_collections.ConfigDict(dict(
+      regime="self_critical", select_metric="cider", learning_rate=1e-4, warmup_steps=0, final_lr_fraction=1.0,
+      num_steps=4, batch_size=4, eval_every=2, checkpoint_every=2))
+  c.seeds, c.beam, c.alpha = seeds, 2, 1.0
+  return c
+
+
+@pytest.mark.slow
+def test_recipe_chains_stages_per_seed_evaluates_single_and_ensemble_and_a_rerun_passes_over_them(tiny_config,
+                                                                                                   tmp_path):
+  workdir = str(tmp_path / "best")
+  os.makedirs(workdir)
+  # An ensemble's members share one encoder: the seeds start from the same "pretrained" small_cnn weights.
+  encoder_file = str(tmp_path / "small_cnn.msgpack")
+  _, v = train_state.init_model(tiny_config("cached", **{"model.pretrained": ""}), 10)
+  pretrained.save(encoder_file, "small_cnn", {k: v[k]["encoder"] for k in ("params", "batch_stats")}, "test")
+  result = recipe.run(_recipe(tiny_config, encoder_file), workdir, log=lambda *a: None)
+  assert list(result["stages"]) == ["xe_seed0", "scst_seed0", "xe_seed1", "scst_seed1"]
+  # Each self-critical stage started from its own seed's cross-entropy run and selected on dev CIDEr-D.
+  for seed in (0, 1):
+    sc = json.load(open(os.path.join(workdir, f"scst_seed{seed}", "config.json")))["train"]
+    assert sc["init_from"] == os.path.join(workdir, f"xe_seed{seed}") and sc["select_metric"] == "cider"
+    assert result["stages"][f"scst_seed{seed}"]["best_dev_cider"] >= 0
+  a, b = (checkpoint.load(os.path.join(workdir, f"xe_seed{s}"))[0]["params"]["decoder"] for s in (0, 1))
+  assert not np.allclose(a["out"]["kernel"], b["out"]["kernel"])  # the seeds are different models
+  single, ensemble = result["single"], result["ensemble2"]
+  assert single["checkpoint"].startswith(os.path.join(workdir, "scst_seed0"))
+  assert " + " in ensemble["checkpoint"] and "scst_seed1" in ensemble["checkpoint"]
+  for r in (single, ensemble):
+    assert r["split"] == "test" and r["beam"] == 2 and 0 <= r["bleu4"] <= 1 and r["cider"] >= 0
+    assert 0 <= r["dangling"] <= 1
+  assert json.load(open(os.path.join(workdir, "recipe.json")))["single"]["bleu4"] == single["bleu4"]
+
+  again = recipe.run(_recipe(tiny_config, encoder_file), workdir, log=lambda *a: None)  # finished stages: nothing retrained
+  assert again["single"]["bleu4"] == single["bleu4"] and again["ensemble2"]["bleu4"] == ensemble["bleu4"]
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "scst_seed1", "metrics.jsonl"))
+           if "loss" in l]
+  assert steps == sorted(set(steps))  # no step trained twice
+
+
+def test_recipe_without_a_config_is_one_line():
+  p = subprocess.run([sys.executable, "-m", "jaxcap.recipe"], cwd=ROOT, capture_output=True, text=True)
+  assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --config is required")
+
+
+def test_the_shipped_recipe_chains_cross_entropy_into_self_critical():
+  from configs import flickr8k_best
+  c = flickr8k_best.get_config()
+  names = [(os.path.basename(w), s.train.regime, s.train.init_from, s.seed)
+           for w, s in recipe.stages(c, "/w")]
+  assert names[:2] == [("xe_seed0", "cached", "", 0), ("scst_seed0", "self_critical", "/w/xe_seed0", 0)]
+  assert len(names) == 2 * c.seeds and recipe.final_models(c, "/w")[-1] == f"/w/scst_seed{c.seeds - 1}"
