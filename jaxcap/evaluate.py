@@ -3,14 +3,16 @@
     python -m jaxcap.evaluate --checkpoint workdirs/flickr8k_lite0 --split test --beam 3
     python -m jaxcap.evaluate --checkpoint workdirs/flickr8k_lite0 --split dev --beam 3 --alphas 0 0.4 0.8 1.2
     python -m jaxcap.evaluate --checkpoint workdirs/seed0 --checkpoint workdirs/seed1 --split dev --beam 3
+    python -m jaxcap.evaluate --checkpoint workdirs/flickr8k_lite0 --split test --beam 1 3 5
 
 Images go through the same pipeline as training (decode, resize) and the checkpoint's encoder. Writes a JSONL
 of per-image predictions (caption, beams, references, per-image BLEU-4) and prints a table; the last line of
 stdout is one JSON object with the metrics. Without --data_dir the dataset named in the checkpoint's config
 is used (whatever its data.dataset: Flickr8k, a Karpathy JSON, tfds:<name>). With several --alphas, each
-length penalty is evaluated on the same encoded images (tune on dev, report on test). Several --checkpoint
-make an ensemble (same vocabulary and encoder; every step scores words by the mean of the members'
-log-probabilities): images are encoded once, and the dataset is the first checkpoint's.
+length penalty (and with several --beam, each beam size) is evaluated on the same encoded images (tune on
+dev, report on test). Several --checkpoint make an ensemble (same vocabulary and encoder; every step scores
+words by the mean of the members' log-probabilities): images are encoded once, and the dataset is the first
+checkpoint's.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
                  help="workdir (its best checkpoint) or a step directory; repeat it for an ensemble")
   p.add_argument("--data_dir", default=None, help="dataset folder (default: the one in the checkpoint's config)")
   p.add_argument("--split", default="test", choices=("train", "dev", "test"))
-  p.add_argument("--beam", type=int, default=3, help="beam size; 1 = greedy")
+  p.add_argument("--beam", type=int, nargs="+", default=[3], help="beam size(s); 1 = greedy")
   p.add_argument("--alphas", type=float, nargs="+", default=[1.0], help="length penalty exponent(s); 1.0 was best on Flickr8k dev")
   p.add_argument("--max_len", type=int, default=20)
   p.add_argument("--batch_size", type=int, default=50)
@@ -78,28 +80,30 @@ def run(a: argparse.Namespace, log=lambda *x: print(*x, file=sys.stderr)) -> dic
                                       progress=True)
   encode_s = time.time() - t0
   results = []
-  for alpha in a.alphas:
-    t1 = time.time()
-    settings = evaluator.Settings(a.beam, a.max_len, alpha, a.batch_size)
-    ev = evaluator.evaluate(cap.decoders, cap.decoder_params, inputs, settings, cap.vocab,
-                            scorer=lambda h, r: metrics.all_metrics(h, r, meteor=not a.no_meteor))
-    results.append({"alpha": alpha, **ev.metrics, "decode_s": time.time() - t1, "hyps": ev.captions,
-                    "beams": [[{"caption": c, "score": s} for c, s in b] for b in ev.beams]})
+  for beam in a.beam:
+    for alpha in a.alphas:
+      t1 = time.time()
+      settings = evaluator.Settings(beam, a.max_len, alpha, a.batch_size)
+      ev = evaluator.evaluate(cap.decoders, cap.decoder_params, inputs, settings, cap.vocab,
+                              scorer=lambda h, r: metrics.all_metrics(h, r, meteor=not a.no_meteor))
+      results.append({"beam": beam, "alpha": alpha, **ev.metrics, "decode_s": time.time() - t1,
+                      "hyps": ev.captions, "beams": [[{"caption": c, "score": s} for c, s in b] for b in ev.beams]})
 
   best = results[0]
   ensemble = f"_ensemble{len(cap.members)}" if len(cap.members) > 1 else ""
-  out = a.out or os.path.join(os.path.abspath(a.checkpoint[0]), f"eval_{a.split}_beam{a.beam}{ensemble}.jsonl")
+  out = a.out or os.path.join(os.path.abspath(a.checkpoint[0]),
+                              f"eval_{a.split}_beam{best['beam']}{ensemble}.jsonl")
   with open(out, "w") as f:
     for name, h, b, r in zip(inputs.names, best["hyps"], best["beams"], inputs.references):
       f.write(json.dumps({"image": name, "caption": h, "beams": b, "references": r,
                           "bleu4": metrics.sentence_bleu4(h, r)}) + "\n")
   cols = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "bleu4_coco", "dangling"]
-  log(f"\n{'alpha':>6} " + " ".join(f"{c:>8}" for c in cols) + f" {'decode s':>9}")
+  log(f"\n{'beam':>4} {'alpha':>6} " + " ".join(f"{c:>8}" for c in cols) + f" {'decode s':>9}")
   for r in results:
-    log(f"{r['alpha']:6.2f} " + " ".join(f"{r[c]:8.4f}" if r[c] is not None else f"{'-':>8}" for c in cols)
+    log(f"{r['beam']:4d} {r['alpha']:6.2f} " + " ".join(f"{r[c]:8.4f}" if r[c] is not None else f"{'-':>8}" for c in cols)
         + f" {r['decode_s']:9.1f}")
-  log(f"per-image predictions of alpha={best['alpha']:g}: {out}")
-  summary = {"checkpoint": source, "split": a.split, "images": n, "beam": a.beam, "max_len": a.max_len,
+  log(f"per-image predictions of beam {best['beam']}, alpha={best['alpha']:g}: {out}")
+  summary = {"checkpoint": source, "split": a.split, "images": n, "max_len": a.max_len,
              "encode_s": encode_s, "total_s": time.time() - t0,
              "results": [{k: v for k, v in r.items() if k not in ("hyps", "beams")} for r in results]}
   if len(results) == 1:

@@ -63,10 +63,12 @@ def test_recipe_without_a_config_is_one_line():
   assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --config is required")
 
 
-def test_the_shipped_recipe_chains_cross_entropy_into_self_critical():
+def test_the_shipped_recipe_chains_its_stages_per_seed():
   from configs import flickr8k_best
   c = flickr8k_best.get_config()
-  names = [(os.path.basename(w), s.train.regime, s.train.init_from, s.seed)
-           for w, s in recipe.stages(c, "/w")]
-  assert names[:2] == [("xe_seed0", "cached", "", 0), ("scst_seed0", "self_critical", "/w/xe_seed0", 0)]
-  assert len(names) == 2 * c.seeds and recipe.final_models(c, "/w")[-1] == f"/w/scst_seed{c.seeds - 1}"
+  got = [(os.path.basename(w), s.train.regime, s.train.init_from, s.seed) for w, s in recipe.stages(c, "/w")]
+  chain = [("xe_seed{}", "cached", "", None)] + (
+      [("scst_seed{}", "self_critical", "/w/xe_seed{}", None)] if c.self_critical else [])
+  want = [(n.format(seed), r, i.format(seed), seed) for seed in range(c.seeds) for n, r, i, _ in chain]
+  assert got == want
+  assert recipe.final_models(c, "/w") == [f"/w/{chain[-1][0].format(seed)}" for seed in range(c.seeds)]
