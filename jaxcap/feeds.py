@@ -172,14 +172,16 @@ class TrainRows(HostBatches):
   `train.feed_placement`). `_place` sets it up."""
   key = "grid"
   device_resident = True  # whether the train data may go to the devices
+  length_bucketed = True  # whether `train.length_bucketing` applies
 
   def _place(self, config, rows, train: tuple[list[str], dict], vocab: vocab_lib.Vocab, log, host_also: dict,
              what: str) -> dict:
     """Places the train `rows` (an on-disk `FeatureRows`): on the devices (self.device) or in the host store
     (self.train_rows) with the `host_also` splits; returns that store ({split: array or FeatureRows})."""
     t = config.train
+    bucket = t.length_bucketing and self.length_bucketed
     self.pairs = batching.caption_pairs(train[0], train[1], vocab, config.data.max_len)
-    self.schedule = batching.Schedule(self.pairs.lengths, t.batch_size, config.seed, bucket=t.length_bucketing)
+    self.schedule = batching.Schedule(self.pairs.lengths, t.batch_size, config.seed, bucket=bucket)
     self.steps_per_epoch = self.schedule.steps_per_epoch
     where = device_feed.placement(config, rows.nbytes, self.pairs, jax.devices(), log, what) if (
         self.device_resident) else "host"
@@ -189,7 +191,7 @@ class TrainRows(HostBatches):
     self.device = None
     if where != "host":
       self.device = device_feed.DeviceCaptions(
-          rows, self.pairs, t.batch_size, config.seed, t.length_bucketing, config.data.max_len,
+          rows, self.pairs, t.batch_size, config.seed, bucket, config.data.max_len,
           shards=1 if where == "replicate" else jax.device_count(), n_devices=jax.device_count(),
           steps_per_dispatch=t.steps_per_dispatch, key=self.key)
       self.steps_per_epoch = self.device.steps_per_epoch
@@ -311,9 +313,12 @@ class DecodedImages(TrainRows, ImageStream):
   the features); it goes to the devices where it fits (`TrainRows`, by `train.feed_placement`), else batches
   are gathered from it in host memory. `train.augment` crops and jitters each batch on the devices, inside the
   step (`jaxcap.augment`, keyed by the step). The encoder normalizes the uint8 batch in the model, as it does
-  tf.data's. Validation, objectives and what trains are `ImageStream`'s; the order is `TrainRows`'
-  (length-bucketed, a pure function of the step), not tf.data's shuffle."""
+  tf.data's. Validation, objectives and what trains are `ImageStream`'s; the order is `TrainRows`' (a pure
+  function of the step), not tf.data's shuffle, and not length-bucketed, like tf.data's: the encoder's cost does
+  not depend on the caption length, and batches sorted by length are batches of alike captions (on the
+  synthetic data, of one template): on them the quickstart reached test BLEU-4 0.78, tf.data's batches 0.98."""
   key = "image"
+  length_bucketed = False
 
   def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
                train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
