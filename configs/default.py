@@ -102,11 +102,13 @@ def get_config() -> ml_collections.ConfigDict:
   # size); "auto": memory when train + dev grids fit in feature_memory_gb, else stream (logged with the sizes).
   # Batches are the same either way, so a run may resume with the other choice.
   c.train.feature_store = "auto"
-  # Host memory budget of the "auto" choice in GB (0 = half the memory available when training starts).
+  # Host memory budget of the "auto" choices (feature_store, image_feed) in GB (0 = half the memory available
+  # when training starts).
   c.train.feature_memory_gb = 0.0
-  # Cached regime: where each step's batch is gathered. "device": the train grids, captions and lengths are put
-  # on the devices once (replicated where they fit one device, else sharded over the data axis, each device
-  # drawing its share from its own shard) and each step gathers its batch there, no per-step host work or copy;
+  # Cached regime and the finetune regime's decoded feed: where each step's batch is gathered. "device": the
+  # train grids (or decoded images), captions and lengths are put on the devices once (replicated where they fit
+  # one device, else sharded over the data axis, each device drawing its share from its own shard) and each
+  # step gathers its batch there, no per-step host work or copy;
   # an error with the sizes where they fit nowhere. "host": gathered on the host and copied every step (any
   # size). "auto": device where it fits, else host. Replicated gives the host feed's batches exactly (a run may
   # resume with either); sharded draws its own order. Logged with the sizes.
@@ -122,8 +124,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Finetune regime: encoder learning rate (>= 0) and the step from which the encoder trains (>= 0).
   c.train.encoder_learning_rate = 1e-4
   c.train.finetune_from_step = 0
-  # Finetune regime: random crop + brightness/contrast augmentation.
+  # Finetune regime: random crop + brightness/contrast augmentation (no horizontal flip: it would swap "left" and
+  # "right"). The decoded feed runs it on the devices, with saturation jitter too (jaxcap/augment.py).
   c.train.augment = False
+  # Finetune regime's image feed. "decoded": every train image decoded and resized once into a uint8 array
+  # cached on disk next to the features (N x S x S x 3 bytes; Flickr8k at 224: 0.84 GB), held on the devices
+  # where it fits (train.feed_placement, train.device_memory_gb) else in host memory; batches and augmentation
+  # are gathered and computed on the devices, no per-step decode. "stream": tf.data decodes and resizes every
+  # image every epoch (any dataset size). "auto": decoded when the uint8 train images fit in
+  # train.feature_memory_gb, else stream (logged with the sizes). The two draw different orders.
+  c.train.image_feed = "auto"
   # Logging (>= 1), validation and checkpoint intervals (>= 0) in steps (0 = only at the end). A dev evaluation
   # that is a new best is also saved, whatever checkpoint_every says.
   c.train.log_every = 50

@@ -95,6 +95,7 @@ def rules() -> dict[str, tuple[Callable, str]]:
       "train.encoder_learning_rate": number(0),
       "train.finetune_from_step": integer(0),
       "train.augment": BOOL,
+      "train.image_feed": one_of("auto", "decoded", "stream"),
       "train.log_every": integer(1),
       "train.eval_every": integer(0),
       "train.checkpoint_every": integer(0),

@@ -1,6 +1,7 @@
-"""The cached regime's train data resident on the devices: grids, caption tokens and the image row of each
-caption are put on the devices once, and every step gathers its batch there by index, so the host gathers and
-copies nothing per step (64 grids of 7x7x1280 are 8 MB a step at batch 64; at a GPU's batch of 1024, 128 MB).
+"""Train data resident on the devices: the rows of each image (the cached regime's grids, or the fine-tune
+feed's decoded uint8 pixels), caption tokens and the image row of each caption are put on the devices once, and
+every step gathers its batch there by index, so the host gathers and copies nothing per step (64 grids of
+7x7x1280 are 8 MB a step at batch 64; 64 images of 224x224x3, 9.6 MB; at a GPU's batch of 1024, 16x that).
 
 Layout (`placement` picks it and logs it with the sizes):
   - "replicate": every device holds all of it. The batches are exactly the host feed's (`batching.Schedule` with
@@ -41,15 +42,20 @@ def device_budget(config, devices) -> int:
   else:
     from jaxcap.feeds import available_memory
     budget = available_memory() // 2 // max(jax.local_device_count(), 1)
-  if jax.process_count() > 1:  # every process must make the same choice, or their collectives would not match
-    from jax.experimental import multihost_utils
-    budget = int(np.min(multihost_utils.process_allgather(np.int64(budget))))
-  return budget
+  return process_min(budget)  # every process must make the same choice, or their collectives would not match
 
 
-def placement(config, grid_bytes: int, pairs: batching.CaptionPairs, devices, log=print) -> str:
-  """"replicate", "shard" or "host", by `train.feed_placement` and what fits a device (logged with the sizes);
-  "device" that fits nowhere is a one-line error pointing to the host feed."""
+def process_min(value: int) -> int:
+  """The smallest of every process's `value` (itself in a one-process job): a choice all processes agree on."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return int(np.min(multihost_utils.process_allgather(np.int64(value))))
+
+
+def placement(config, grid_bytes: int, pairs: batching.CaptionPairs, devices, log=print, what: str = "grids") -> str:
+  """"replicate", "shard" or "host", by `train.feed_placement` and what fits a device (logged with the sizes of
+  the train `what`: grids or images); "device" that fits nowhere is a one-line error pointing to the host feed."""
   t, n_dev = config.train, len(devices)
   want = t.feed_placement
   caption_bytes = pairs.tokens.nbytes + pairs.image_index.nbytes
@@ -58,7 +64,7 @@ def placement(config, grid_bytes: int, pairs: batching.CaptionPairs, devices, lo
   shard = math.ceil(grid_bytes / n_dev * 1.05) + math.ceil((caption_bytes + table_bytes) / n_dev * 1.2)  # uneven
   budget = device_budget(config, devices)
   gb = lambda b: f"{b / 2**30:.3f} GB"  # noqa: E731
-  sizes = (f"train grids {gb(grid_bytes)} + captions {gb(caption_bytes)} + index table {gb(table_bytes)}: "
+  sizes = (f"train {what} {gb(grid_bytes)} + captions {gb(caption_bytes)} + index table {gb(table_bytes)}: "
            f"{gb(whole)} per device replicated, ~{gb(shard)} sharded over {n_dev}; budget {gb(budget)} per device")
   if want == "host":
     choice = "host"
@@ -78,13 +84,15 @@ def placement(config, grid_bytes: int, pairs: batching.CaptionPairs, devices, lo
 
 
 class DeviceCaptions:
-  """The device-resident train data of the cached regime and its batches (see the module docstring)."""
+  """The device-resident train data and its batches (see the module docstring): `grids` [N, ...] are the rows
+  of the images, drawn into the batch as `key` ("grid": cached features, "image": pixels)."""
 
   def __init__(self, grids, pairs: batching.CaptionPairs, batch_size: int, seed: int, bucket: bool, max_len: int,
-               shards: int, n_devices: int, steps_per_dispatch: int):
+               shards: int, n_devices: int, steps_per_dispatch: int, key: str = "grid"):
     if batch_size % n_devices:
       raise ValueError(f"batch {batch_size} does not split over {n_devices} devices")
     self.grids, self.max_len, self.k, self.batch_size = grids, max_len, steps_per_dispatch, batch_size
+    self.key = key
     self.shards, self.per_device = shards, batch_size // n_devices
     n_img = len(grids)
     self.shard_images = -(-n_img // shards)
@@ -184,7 +192,7 @@ class DeviceCaptions:
       ids = jax.lax.dynamic_slice(jax.lax.dynamic_index_in_dim(rows, step - first, keepdims=False), (offset,),
                                   (per,))
       toks = tokens[ids, :length]
-      return {"grid": grids[image_row[ids]], "tokens": toks, "mask": (toks != vocab_lib.PAD_ID).astype(jnp.float32)}
+      return {self.key: grids[image_row[ids]], "tokens": toks, "mask": (toks != vocab_lib.PAD_ID).astype(jnp.float32)}
 
     spec = P() if self.shards == 1 else P("data")
     gather = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P() if self.shards == 1 else P(None, "data"),

@@ -1,10 +1,14 @@
 """Frozen-encoder feature cache: every image of a split encoded once, stored on disk as float16; read back
-row by row, so it need not fit in memory.
+row by row, so it need not fit in memory. The same store holds a split's decoded pixels (`decode`: uint8
+[N, S, S, 3], the images the tf.data pipeline would feed, decoded and resized once), for the fine-tune feed that
+does no per-epoch decode (`feeds.DecodedImages`).
 
-Layout: <cache_dir>/<split>.npy [N, h, w, C] float16 and <split>.json (file names, in row order). Files are
-written under a temporary name (per process) and renamed when complete, so a crash never leaves a half cache
-that looks whole. The cache directory name hashes everything the features depend on (dataset, encoder, weights
-file, pixels, size); `directory` is the one place that key is made.
+Layout: <cache_dir>/<split>.npy [N, h, w, C] float16 (pixels: uint8) and <split>.json (file names, in row
+order), a standard .npy (`np.load(path, mmap_mode="r")` maps it). Files are written under a temporary name (per
+process) and renamed when complete, so a crash never leaves a half cache that looks whole; a file whose size
+does not match its header (damaged afterwards) is a one-line `DataError` naming it. The cache directory name
+hashes everything the features depend on (dataset, encoder, weights file, pixels, size); `directory` and
+`pixels_directory` are the one place that key is made.
 
 Reading: `load` gives a `FeatureRows`, which reads the rows it is indexed with (`os.pread`, no mmap) and nothing
 else: host memory holds what was asked for, whatever the file's size (COCO train: 113,287 grids, 14 GB).
@@ -41,6 +45,13 @@ def directory(root: str, dataset_dir: str, encoder_name: str, weights_file: str 
   return os.path.join(root, f"{encoder_name}-{size}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
 
 
+def pixels_directory(root: str, dataset_dir: str, size: int) -> str:
+  """The cache folder for the decoded uint8 pixels of `dataset_dir` at `size` (next to its features)."""
+  root = root or os.path.join(paths.cache_root(), "features")
+  key = f"{os.path.abspath(dataset_dir)}|pixels{pipeline.PIXELS_VERSION}|{size}"
+  return os.path.join(root, f"pixels-{size}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
+
+
 class _File:
   """An open file descriptor shared by a `FeatureRows` and its views (closed with the last of them)."""
 
@@ -50,14 +61,23 @@ class _File:
 
 
 def _header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
-  """(shape, dtype, data offset) of a C-ordered .npy file."""
+  """(shape, dtype, data offset) of a C-ordered .npy file whose size matches its header; else a `DataError`."""
+  fix = f"delete {os.path.dirname(path) or '.'} to rebuild it"
   with open(path, "rb") as f:
-    version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read(f)
+    try:
+      version = np.lib.format.read_magic(f)
+      read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+      shape, fortran, dtype = read(f)
+    except (ValueError, EOFError) as e:
+      raise DataError(f"{path}: damaged cache file (unreadable .npy header: {e}); {fix}") from None
     if fortran:
       raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
-    return shape, dtype, f.tell()
+    offset, size = f.tell(), os.fstat(f.fileno()).st_size
+  need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  if size != need:
+    raise DataError(f"{path}: damaged cache file ({size} bytes; its header says {tuple(shape)} {dtype} = "
+                    f"{need} bytes); {fix}")
+  return shape, dtype, offset
 
 
 def _pread_into(fd: int, buf: np.ndarray, pos: int) -> None:
@@ -216,21 +236,34 @@ def encode_split(encode: Callable, builder, split: str, preprocessing, batch_siz
 def extract(builder, split: str, encoder, variables, directory: str, batch_size: int = 32,
             verbose: bool = True) -> tuple[list[str], FeatureRows]:
   """Encodes every image of `split` (cached after the first call); the grids stay on disk."""
+  encode = jax.jit(lambda v, x: encoder.apply(v, x)[0].astype(jnp.float16))
+  return _cached(builder, split, lambda x: encode(variables, x), encoder.preprocessing, directory, batch_size,
+                 np.float16, "features", verbose)
+
+
+def decode(builder, split: str, preprocessing, directory: str, batch_size: int = 64,
+           verbose: bool = True) -> tuple[list[str], FeatureRows]:
+  """Every image of `split` decoded and resized to `preprocessing.size` by the tf.data pipeline (the pixels a
+  train batch holds), uint8 [N, S, S, 3], written once (cached after the first call); the pixels stay on disk."""
+  return _cached(builder, split, lambda x: x, preprocessing, directory, batch_size, np.uint8, "pixels", verbose)
+
+
+def _cached(builder, split: str, encode: Callable, preprocessing, directory: str, batch_size: int, dtype,
+            what: str, verbose: bool) -> tuple[list[str], FeatureRows]:
+  """(names, rows) of encode(every image of `split`) from `directory`, written there first if not yet."""
   cached = load(directory, split)
   if cached is not None:
     return cached
   os.makedirs(directory, exist_ok=True)
-  encode = jax.jit(lambda v, x: encoder.apply(v, x)[0].astype(jnp.float16))
   n = builder.info.splits[split].num_examples
   names, out = [], None
   # Per-process temporary names: processes of a multi-host job sharing the cache folder never write one file.
   tmp, tmp_names = (os.path.join(directory, f"{split}.tmp{os.getpid()}{ext}") for ext in (".npy", ".json"))
-  bar = tqdm(total=n, desc=f"features {split}", unit="img", disable=not verbose)
+  bar = tqdm(total=n, desc=f"{what} {split}", unit="img", disable=not verbose)
   try:
-    for batch_names, grid, _ in encode_batches(builder, split, lambda x: encode(variables, x),
-                                               encoder.preprocessing, batch_size):
+    for batch_names, grid, _ in encode_batches(builder, split, encode, preprocessing, batch_size):
       if out is None:
-        out = RowWriter(tmp, n, grid.shape[1:], np.float16)
+        out = RowWriter(tmp, n, grid.shape[1:], dtype)
       out.write(grid)
       names += batch_names
       bar.update(len(grid))
@@ -246,7 +279,6 @@ def extract(builder, split: str, encoder, variables, directory: str, batch_size:
       if os.path.exists(f):
         os.remove(f)
     cause, fix = paths.io_cause(e) or (e.strerror or str(e), "fix it")
-    raise DataError(f"{directory}: cannot write the feature cache ({cause}); {fix} and rerun (nothing "
-                    f"half-written is kept)") from None
+    raise DataError(f"{directory}: cannot write the {'feature' if what == 'features' else 'pixel'} cache "
+                    f"({cause}); {fix} and rerun (nothing half-written is kept)") from None
   return load(directory, split)
-
