@@ -22,9 +22,6 @@ def get_config():
   c.model.attention_dim = 64
   c.model.dropout = 0.1
   c.train.regime = "finetune"
-  # tf.data, decoding every epoch: the quickstart's checked figures (test BLEU-4 >= 0.9 in f32 and bf16, CI) are
-  # this feed's; the decoded feed ("auto" would pick it: 18 MB) is not yet checked against them (README.md).
-  c.train.image_feed = "stream"
   c.train.batch_size = 32
   c.train.num_epochs = 0
   c.train.num_steps = 1500
