@@ -470,7 +470,7 @@ BAD = {
     "train.select_metric": "meteor", "train.scst_samples": 1, "train.scst_temperature": 0.0,
     "train.feature_store": "disk", "train.feature_memory_gb": -1.0, "data.dataset": "coco",
     "data.karpathy_json": None, "data.use_restval": None, "train.feed_placement": "gpu",
-    "train.device_memory_gb": -1.0, "train.steps_per_dispatch": 0,
+    "train.device_memory_gb": -1.0, "train.steps_per_dispatch": 0, "train.image_feed": "memory",
 }
 
 
