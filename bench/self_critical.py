@@ -14,7 +14,7 @@ import statistics
 import time
 
 
-from bench.common import emit, machine
+from bench.common import emit, machine, timeit
 
 
 def main():
@@ -66,20 +66,15 @@ def main():
 
   sample = jax.jit(lambda params, grid, rng: decode.sample(model.decoder, params, grid, rng, a.samples, a.max_len,
                                                            1.0)[0])
-  grid = jax.device_put(batch["grid"])
-  sample(state["params"]["decoder"], grid, jax.random.PRNGKey(0)).block_until_ready()
-  sample_s = []
-  for i in range(a.steps):
-    t = time.perf_counter()
-    sample(state["params"]["decoder"], grid, jax.random.PRNGKey(i)).block_until_ready()
-    sample_s.append(time.perf_counter() - t)
+  grid, key = jax.device_put(batch["grid"]), jax.random.PRNGKey(0)
+  sampling = timeit(lambda: sample(state["params"]["decoder"], grid, key).block_until_ready(), a.steps)
 
   med = statistics.median(timed)
   emit({"bench": "self_critical", "machine": machine(), "batch_images": a.batch_size, "samples": a.samples,
         "captions_per_step": a.batch_size * a.samples, "step_median_s": med, "step_min_s": min(timed),
         "step_max_s": max(timed), "compile_step_s": step_s[0], "reward_median_s": statistics.median(rewards),
-        "reward_share": statistics.median(rewards) / med, "sample_median_s": statistics.median(sample_s),
-        "sample_share": statistics.median(sample_s) / med, "last_mean_reward": float(m["reward"])})
+        "reward_share": statistics.median(rewards) / med, "sample_median_s": sampling["median_s"],
+        "sample_share": sampling["median_s"] / med, "last_mean_reward": float(m["reward"])})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxcap.process import exit_process
+from jaxcap.process import default_workdir, error_line, exit_process
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -90,23 +90,21 @@ def main(argv) -> int:
   del argv
   from absl import logging
 
-  from jaxcap import checkpoint, pretrained, train_lib
-  from jaxcap.checkpoint import CheckpointError
-  from jaxcap.config_check import ConfigError
-  from jaxcap.data import DataError
+  from jaxcap import checkpoint
 
   logging.set_verbosity(logging.WARNING)
   checkpoint.quiet_orbax_errors()
   if FLAGS.config is None:
     print("error: --config is required (a recipe config, e.g. configs/flickr8k_best.py)", file=sys.stderr)
     return 2
-  config_path = FLAGS["config"].config_filename
-  workdir = FLAGS.workdir or os.path.join("workdirs", os.path.splitext(os.path.basename(config_path))[0])
-  os.makedirs(workdir, exist_ok=True)
+  workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
   try:
+    os.makedirs(workdir, exist_ok=True)
     result = run(FLAGS.config, workdir)
-  except (train_lib.TrainError, DataError, pretrained.WeightsError, CheckpointError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except Exception as e:  # noqa: BLE001  (one line for what the user can fix; anything else raises)
+    if (line := error_line(e, workdir)) is None:
+      raise
+    print(line, file=sys.stderr)
     return 2
   print(json.dumps(result))
   return 0

@@ -6,7 +6,6 @@
 Running the same command again resumes from the latest checkpoint in --workdir. The last line of stdout is one
 JSON object with the results; an error a user can fix is one line on stderr and exit code 2.
 """
-import errno
 import json
 import os
 import sys
@@ -14,14 +13,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxcap.process import exit_process
+from jaxcap.process import default_workdir, error_line, exit_process
 
 import configs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FLAGS = flags.FLAGS
-USER_FIXABLE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(configs.__file__), "quickstart.py"),
                                 "Config file (a .py with get_config()); fields overridable as --config.FIELD=v")
 flags.DEFINE_string("workdir", None, "Checkpoints, vocabulary, config and metrics go here "
@@ -43,23 +41,16 @@ def main(argv) -> int:
   if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
     # Also starts JAX's preemption service, which the trainer uses to agree on a stop step.
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from jaxcap import checkpoint, pretrained, train_lib
-  from jaxcap.checkpoint import CheckpointError
-  from jaxcap.config_check import ConfigError
-  from jaxcap.data import DataError
+  from jaxcap import checkpoint, train_lib
 
   checkpoint.quiet_orbax_errors()  # their errors reach the user as one line below
-  config_path = FLAGS["config"].config_filename
-  workdir = FLAGS.workdir or os.path.join("workdirs", os.path.splitext(os.path.basename(config_path))[0])
+  workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
   try:
     result = train_lib.train_and_evaluate(FLAGS.config, workdir)
-  except (train_lib.TrainError, DataError, pretrained.WeightsError, CheckpointError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except OSError as e:  # a file the trainer writes: disk full, permissions
-    if e.errno not in USER_FIXABLE_ERRNOS:
+  except Exception as e:  # noqa: BLE001  (one line for what the user can fix; anything else raises)
+    if (line := error_line(e, workdir)) is None:
       raise
-    print(f"error: {e.filename or workdir}: {e.strerror}", file=sys.stderr)
+    print(line, file=sys.stderr)
     return 2
   except KeyboardInterrupt:  # before training started (then Ctrl-C saves and stops, see train_lib.Preemption)
     print("error: interrupted before training started; nothing to save", file=sys.stderr)
