@@ -1,7 +1,7 @@
 """Time from upload to caption of the Streamlit app in headless Chromium, and a screenshot.
 
     python -m bench.app_latency --checkpoint workdirs/flickr8k_lite0 --data_dir ../shared/data/flickr8k \
-        [--uploads 5] [--screenshot docs/app_screenshot.png]
+        [--checkpoint workdirs/seed1 ...] [--uploads 5] [--screenshot docs/app_screenshot.png]
 
 Starts `streamlit run serve_app.py` on a free localhost port, waits for the model to load, then uploads
 test-split photos one at a time and measures, in the browser, the seconds from the upload until the caption is
@@ -22,7 +22,7 @@ ROOT = common.ROOT  # the repository: serve_app.py, docs/
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--checkpoint", required=True)
+  p.add_argument("--checkpoint", required=True, action="append", help="repeat for an ensemble")
   p.add_argument("--data_dir", default="../shared/data/flickr8k")
   p.add_argument("--uploads", type=int, default=5)
   p.add_argument("--screenshot", default=os.path.join(ROOT, "docs", "app_screenshot.png"))

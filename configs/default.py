@@ -80,6 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Self-critical: captions sampled per image (the baseline is the mean reward of the others), temperature.
   c.train.scst_samples = 5
   c.train.scst_temperature = 1.0
+  # Self-critical baseline: "others" (the mean reward of the image's other samples) or "greedy" (the reward of
+  # its greedy caption: samples that beat what the model would say are pushed up, the rest down).
+  c.train.scst_baseline = "others"
   # Global batch size (>= 1, divisible by the number of devices of all processes).
   c.train.batch_size = 64
   # Length of training in epochs over the train captions; num_steps > 0 overrides it (both >= 0, one > 0).

@@ -108,6 +108,7 @@ def rules() -> dict[str, tuple[Callable, str]]:
       "train.select_metric": one_of("bleu4", "cider"),
       "train.scst_samples": (integer(2)[0], "an integer >= 2 (the baseline is the other samples' mean reward)"),
       "train.scst_temperature": number(0, lo_open=True),
+      "train.scst_baseline": one_of("others", "greedy"),
       "train.feature_store": one_of("auto", "memory", "stream"),
       "train.feature_memory_gb": number(0),
       "train.feed_placement": one_of("auto", "device", "host"),

@@ -185,21 +185,30 @@ def make_dispatch(setup: Setup, objective: Objective, draw: Callable, steps: int
 
 
 def self_critical(config, reward: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Objective:
-  """Self-critical sequence training (Rennie et al. 2017) with the mean reward of the same image's other samples
-  as the baseline (Luo 2020): `train.scst_samples` captions sampled per image (batch["grid"]), scored on the
-  host by `reward(tokens [B, S, L], batch["image_index"] [B]) -> [B, S]`, and the policy gradient
-  -(reward - baseline) * log p(caption), averaged over the sampled tokens (<end> included)."""
+  """Self-critical sequence training (Rennie et al. 2017): `train.scst_samples` captions sampled per image
+  (batch["grid"]), scored on the host by `reward(tokens [B, S, L], batch["image_index"] [B]) -> [B, S]`, and the
+  policy gradient -(reward - baseline) * log p(caption), averaged over the sampled tokens (<end> included).
+  The baseline (`train.scst_baseline`): "others", the mean reward of the same image's other samples (Luo 2020),
+  or "greedy", the reward of the image's greedy caption (Rennie et al.)."""
   t = config.train
   n = t.scst_samples
+
+  def score(tokens, index):
+    return jax.pure_callback(lambda tk, ix: np.asarray(reward(np.asarray(tk), np.asarray(ix)), np.float32),
+                             jax.ShapeDtypeStruct(tokens.shape[:2], jnp.float32), tokens, index)
 
   def objective(model: CaptionModel, params, batch_stats, batch, rng):
     grid = batch["grid"]
     b = grid.shape[0]
-    tokens, _ = decode.sample(model.decoder, jax.lax.stop_gradient(params["decoder"]), grid, rng, n,
-                              t.decode_max_len, t.scst_temperature)
-    rewards = jax.pure_callback(lambda tk, ix: np.asarray(reward(np.asarray(tk), np.asarray(ix)), np.float32),
-                                jax.ShapeDtypeStruct((b, n), jnp.float32), tokens, batch["image_index"])
-    advantage = rewards - (rewards.sum(1, keepdims=True) - rewards) / (n - 1)
+    frozen = jax.lax.stop_gradient(params["decoder"])
+    tokens, _ = decode.sample(model.decoder, frozen, grid, rng, n, t.decode_max_len, t.scst_temperature)
+    rewards = score(tokens, batch["image_index"])
+    if t.scst_baseline == "greedy":
+      greedy, _ = decode.greedy(model.decoder, frozen, grid, t.decode_max_len)
+      baseline = score(greedy[:, None], batch["image_index"])
+    else:
+      baseline = (rewards.sum(1, keepdims=True) - rewards) / (n - 1)
+    advantage = rewards - baseline
     flat = tokens.reshape(b * n, -1)
     logp = decode.sequence_log_probs(model.decoder, params["decoder"], grid, flat)
     ntok = jnp.maximum(decode.caption_mask(flat).sum(), 1.0)

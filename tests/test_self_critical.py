@@ -3,10 +3,11 @@ exact resume."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
-from jaxcap import train_lib, train_state
+from jaxcap import decode, train_lib, train_state
 from jaxcap.data import vocab as V
 from jaxcap.feeds import CiderReward
 
@@ -41,6 +42,25 @@ def test_reward_counts_end_and_prefers_the_reference():
                       pad(ids("a blue square above a"))]])
   r = reward(tokens, np.array([0]))[0]
   assert r[0] > r[1] > 0 and r[0] > r[2]  # the reference with <end> beats it without, and a dangling caption
+
+
+@pytest.mark.parametrize("baseline", ["others", "greedy"])
+def test_advantage_is_the_reward_over_the_chosen_baseline(tiny_config, baseline):
+  config = tiny_config("self_critical", **{"train.scst_baseline": baseline, "train.scst_samples": 3})
+  model, variables = train_state.init_model(config, vocab_size=12)
+  grid = jax.random.normal(jax.random.key(0), (4, 2, 2, 128))  # the tiny encoder's grid width
+  length = lambda tokens, index: (tokens != V.PAD_ID).sum(-1).astype(np.float32)  # noqa: E731  reward: length
+  objective = train_state.self_critical(config, length)
+  rng = jax.random.key(1)
+  _, metrics, _ = objective(model, variables["params"], {}, {"grid": grid, "image_index": np.arange(4)}, rng)
+  max_len, params = config.train.decode_max_len, variables["params"]["decoder"]
+  samples = length(np.asarray(decode.sample(model.decoder, params, grid, rng, 3, max_len)[0]), None)
+  if baseline == "greedy":  # what the model says now: samples longer than it are pushed up, shorter down
+    expected = samples - length(np.asarray(decode.greedy(model.decoder, params, grid, max_len)[0])[:, None], None)
+  else:
+    expected = samples - (samples.sum(1, keepdims=True) - samples) / 2
+  assert np.abs(expected).mean() > 0
+  np.testing.assert_allclose(float(metrics["advantage_abs"]), np.abs(expected).mean(), rtol=1e-6)
 
 
 @pytest.mark.slow
