@@ -56,8 +56,9 @@ def time_train_step(step, state, batch, repeats: int):
 def streamlit_app(app: str, checkpoint: str | list[str], timeout: float = 120, env: dict | None = None,
                   log=subprocess.DEVNULL):
   """Yields (url, server process) of a real `streamlit run APP -- --checkpoint CHECKPOINT` (one per checkpoint
-  of a list: an ensemble) on a free localhost port, run from the repository with this checkout's jaxcap, once its health check answers (or `timeout` has
-  passed: the pages then show what is wrong). Its output goes to `log`; it is stopped on exit."""
+  of a list: an ensemble) on a free localhost port, run from the repository with this checkout's jaxcap, once
+  its health check answers (or `timeout` has passed: the pages then show what is wrong). Its output goes to
+  `log`; it is stopped on exit."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
