@@ -7,8 +7,10 @@ A recipe config (see configs/flickr8k_best.py) holds
   - `base`: a training config (the cross-entropy run);
   - `self_critical`: `train` fields that turn it into the self-critical run started from the cross-entropy
     one (empty: no self-critical stage);
-  - `seeds`: how many such chains (seeds 0..n-1); with more than one, the final models are also evaluated as
-    an ensemble;
+  - `seeds`: how many chains (seeds 0..n-1); with more than one, the final models are also evaluated as an
+    ensemble;
+  - `self_critical_seeds`: how many of them (the first ones) go on to the self-critical run; the others end
+    with cross-entropy;
   - `beam`, `alpha`: the test decoding.
 Every stage is an ordinary training run in <workdir>/<stage> (xe_seed0, scst_seed0, ...), so a rerun after a
 crash resumes the stage it was in and passes over finished ones. The encoder's ImageNet weights are converted
@@ -37,25 +39,34 @@ config_flags.DEFINE_config_file("config", None, "Recipe config (a .py with get_c
 flags.DEFINE_string("workdir", None, "Every stage's workdir goes under it (default: workdirs/<config name>)")
 
 
-def stages(recipe: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, ml_collections.ConfigDict]]:
-  """(workdir, training config) of every run, in the order they run."""
+def chains(recipe: ml_collections.ConfigDict, workdir: str) -> list[list[tuple[str, ml_collections.ConfigDict]]]:
+  """Every seed's runs, (workdir, training config) in the order they run: cross-entropy, then self-critical from
+  it for the first `self_critical_seeds` seeds."""
+  from jaxcap.config_check import ConfigError
+  if not 0 <= recipe.self_critical_seeds <= recipe.seeds:
+    raise ConfigError(f"recipe self_critical_seeds={recipe.self_critical_seeds}: must be 0..seeds ({recipe.seeds})")
   out = []
   for seed in range(recipe.seeds):
     xe = recipe.base.copy_and_resolve_references()
     xe.seed = seed
-    out.append((os.path.join(workdir, f"xe_seed{seed}"), xe))
-    if recipe.self_critical:
+    chain = [(os.path.join(workdir, f"xe_seed{seed}"), xe)]
+    if recipe.self_critical and seed < recipe.self_critical_seeds:
       sc = xe.copy_and_resolve_references()
       sc.train.update(recipe.self_critical)
-      sc.train.init_from = out[-1][0]
-      out.append((os.path.join(workdir, f"scst_seed{seed}"), sc))
+      sc.train.init_from = chain[0][0]
+      chain.append((os.path.join(workdir, f"scst_seed{seed}"), sc))
+    out.append(chain)
   return out
+
+
+def stages(recipe: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(workdir, training config) of every run, in the order they run."""
+  return [stage for chain in chains(recipe, workdir) for stage in chain]
 
 
 def final_models(recipe: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """The last stage of every seed's chain."""
-  per_seed = 2 if recipe.self_critical else 1
-  return [w for w, _ in stages(recipe, workdir)[per_seed - 1::per_seed]]
+  return [chain[-1][0] for chain in chains(recipe, workdir)]
 
 
 def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x, file=sys.stderr, flush=True)):

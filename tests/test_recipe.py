@@ -14,14 +14,14 @@ from jaxcap import checkpoint, pretrained, recipe, train_state
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _recipe(tiny_config, encoder_file, seeds=2):
+def _recipe(tiny_config, encoder_file, seeds=2, self_critical_seeds=2):
   c = ml_collections.ConfigDict()
   c.base = tiny_config("cached", **{"train.num_steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10,
                                     "model.pretrained": encoder_file})
   c.self_critical = ml_collections.ConfigDict(dict(
       regime="self_critical", select_metric="cider", learning_rate=1e-4, warmup_steps=0, final_lr_fraction=1.0,
       num_steps=4, batch_size=4, eval_every=2, checkpoint_every=2))
-  c.seeds, c.beam, c.alpha = seeds, 2, 1.0
+  c.seeds, c.self_critical_seeds, c.beam, c.alpha = seeds, self_critical_seeds, 2, 1.0
   return c
 
 
@@ -63,12 +63,20 @@ def test_recipe_without_a_config_is_one_line():
   assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --config is required")
 
 
-def test_the_shipped_recipe_chains_its_stages_per_seed():
+def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_entropy_seed1():
   from configs import flickr8k_best
   c = flickr8k_best.get_config()
   got = [(os.path.basename(w), s.train.regime, s.train.init_from, s.seed) for w, s in recipe.stages(c, "/w")]
-  chain = [("xe_seed{}", "cached", "", None)] + (
-      [("scst_seed{}", "self_critical", "/w/xe_seed{}", None)] if c.self_critical else [])
-  want = [(n.format(seed), r, i.format(seed), seed) for seed in range(c.seeds) for n, r, i, _ in chain]
-  assert got == want
-  assert recipe.final_models(c, "/w") == [f"/w/{chain[-1][0].format(seed)}" for seed in range(c.seeds)]
+  assert got == [("xe_seed0", "cached", "", 0), ("scst_seed0", "self_critical", "/w/xe_seed0", 0),
+                 ("xe_seed1", "cached", "", 1)]
+  assert recipe.final_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed1"]
+
+
+def test_only_the_first_self_critical_seeds_go_on_to_self_critical_and_a_bad_count_is_refused(tiny_config):
+  c = _recipe(tiny_config, "", seeds=3, self_critical_seeds=1)
+  assert [os.path.basename(w) for w, _ in recipe.stages(c, "/w")] == ["xe_seed0", "scst_seed0", "xe_seed1",
+                                                                       "xe_seed2"]
+  assert recipe.final_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed1", "/w/xe_seed2"]
+  c.self_critical_seeds = 4
+  with pytest.raises(ValueError, match=r"self_critical_seeds=4: must be 0\.\.seeds \(3\)"):
+    recipe.stages(c, "/w")
