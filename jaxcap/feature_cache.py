@@ -17,9 +17,12 @@ the whole file whose dirty pages would count in the writer's memory).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import sys
 import weakref
 from typing import Callable, Iterator
 
@@ -255,6 +258,31 @@ def _cached(builder, split: str, encode: Callable, preprocessing, directory: str
   if cached is not None:
     return cached
   os.makedirs(directory, exist_ok=True)
+  with _exclusive(directory, f"the {what} of {split}", verbose):
+    return load(directory, split) or _write(builder, split, encode, preprocessing, directory, batch_size, dtype,
+                                            what, verbose)
+
+
+@contextlib.contextmanager
+def _exclusive(directory: str, what: str, verbose: bool):
+  """Holds a lock on the cache folder itself (flock, released when the process dies): processes sharing a
+  cache (a recipe's parallel chains, two trainers, the hosts of one job) write a split once, and the others
+  wait, then read it."""
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      if verbose:
+        print(f"waiting for another process writing {what} into {directory}", file=sys.stderr, flush=True)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)
+
+
+def _write(builder, split: str, encode: Callable, preprocessing, directory: str, batch_size: int, dtype,
+           what: str, verbose: bool) -> tuple[list[str], FeatureRows]:
   n = builder.info.splits[split].num_examples
   names, out = [], None
   # Per-process temporary names: processes of a multi-host job sharing the cache folder never write one file.

@@ -111,3 +111,46 @@ def test_training_on_the_streamed_store_equals_training_in_memory(tiny_config, r
   assert m_losses == s_losses and len(m_losses) == 6
   assert m["dev_bleu4"] == s["dev_bleu4"] and m["test_bleu4"] == s["test_bleu4"]
   assert os.path.exists(os.path.join(str(tmp_path / "stream"), "vocab.json"))
+
+
+def test_two_writers_sharing_a_cache_encode_a_split_once_and_the_second_reads_the_first(synth_dir, tmp_path,
+                                                                                        capsys):
+  import threading
+  import time
+
+  import jax
+
+  from jaxcap.data import tfds_builder
+  from jaxcap.models import encoders
+
+  builder = tfds_builder.prepare(synth_dir, str(tmp_path / "tfds"), verbose=False)
+  enc = encoders.make_encoder("small_cnn", image_size=32)
+  variables = enc.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.uint8))
+
+  class Counted:
+    """The real encoder, counting its traces; the first writer's first trace takes a second, so the second
+    writer arrives while the first one holds the split."""
+    def __init__(self, delay):
+      self.delay, self.traces, self.preprocessing = delay, 0, enc.preprocessing
+
+    def apply(self, v, x):
+      self.traces += 1
+      time.sleep(self.delay)
+      return enc.apply(v, x)
+
+  first, second, out = Counted(1.0), Counted(0.0), {}
+  directory = str(tmp_path / "features")
+
+  def run(name, encoder):
+    out[name] = feature_cache.extract(builder, "train", encoder, variables, directory, 8)
+
+  a = threading.Thread(target=run, args=("first", first))
+  a.start()
+  time.sleep(0.5)
+  run("second", second)
+  a.join()
+  assert first.traces > 0 and second.traces == 0  # the second writer encoded nothing
+  assert "waiting for another process writing the features of train" in capsys.readouterr().err
+  assert out["first"][0] == out["second"][0]
+  np.testing.assert_array_equal(out["first"][1].load(), out["second"][1].load())
+  assert sorted(os.listdir(directory)) == ["train.json", "train.npy"]  # no second copy, nothing temporary
