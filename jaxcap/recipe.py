@@ -11,12 +11,16 @@ A recipe config (see configs/flickr8k_best.py) holds
     ensemble;
   - `self_critical_seeds`: how many of them (the first ones) go on to the self-critical run; the others end
     with cross-entropy;
+  - `ensemble_cross_entropy` (default False): the ensemble also takes the cross-entropy models the
+    self-critical ones started from (else only each chain's last model);
   - `beam`, `alpha`: the test decoding.
 Every stage is an ordinary training run in <workdir>/<stage> (xe_seed0, scst_seed0, ...), so a rerun after a
-crash resumes the stage it was in and passes over finished ones. The encoder's ImageNet weights are converted
-first when they are missing (needs requirements-torch.txt). At the end the first chain's model (the single
-model) and, with several seeds, the ensemble are evaluated on the test split with every metric; the results
-and each stage's wall time go to <workdir>/recipe.json, and the last line of stdout is that JSON object.
+crash resumes the stage it was in and passes over finished ones; a stage stopped by a signal (Ctrl-C, SIGTERM)
+saves, and the recipe stops there (the next stage must not start from a half-trained model) and says to rerun.
+The encoder's ImageNet weights are converted first when they are missing (needs requirements-torch.txt). At
+the end the first chain's model (the single model) and, with several seeds, the ensemble are evaluated on the
+test split with every metric; the results and each stage's wall time go to <workdir>/recipe.json, and the last
+line of stdout is that JSON object.
 """
 from __future__ import annotations
 
@@ -69,6 +73,17 @@ def final_models(recipe: ml_collections.ConfigDict, workdir: str) -> list[str]:
   return [chain[-1][0] for chain in chains(recipe, workdir)]
 
 
+def ensemble_models(recipe: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """The test ensemble: every chain's last stage, each followed, with `ensemble_cross_entropy`, by the
+  cross-entropy run its self-critical stage started from."""
+  return [d for chain in chains(recipe, workdir)
+          for d, _ in (chain[::-1] if recipe.get("ensemble_cross_entropy", False) else chain[-1:])]
+
+
+class StageStopped(Exception):
+  """A stage ended before its last step (a signal; it saved): a rerun resumes it."""
+
+
 def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x, file=sys.stderr, flush=True)):
   from jaxcap import evaluate, pretrained, train_lib, train_state
 
@@ -81,11 +96,14 @@ def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x
     log(f"\n== {os.path.basename(stage_dir)} ({time.time() - t0:.0f} s into the recipe)")
     t = time.time()
     r = train_lib.train_and_evaluate(config, stage_dir)
+    if r["step"] < r["total_steps"]:
+      raise StageStopped(f"{stage_dir}: stopped at step {r['step']} of {r['total_steps']}, saved")
     result["stages"][os.path.basename(stage_dir)] = {
         "wall_s": time.time() - t, **{k: v for k, v in r.items() if k.startswith(("best_", "test_", "dev_"))
                                       and not k.endswith("example")}}
-  models = final_models(recipe, workdir)
-  evals = {"single": models[:1]} | ({f"ensemble{len(models)}": models} if len(models) > 1 else {})
+  members = ensemble_models(recipe, workdir)
+  evals = {"single": final_models(recipe, workdir)[:1]} | (
+      {f"ensemble{len(members)}": members} if len(members) > 1 else {})
   for name, checkpoints in evals.items():
     log(f"\n== test, {name}: {' + '.join(checkpoints)}")
     args = evaluate.parser().parse_args(sum((["--checkpoint", c] for c in checkpoints), []) +
@@ -112,6 +130,12 @@ def main(argv) -> int:
   try:
     os.makedirs(workdir, exist_ok=True)
     result = run(FLAGS.config, workdir)
+  except StageStopped as e:
+    print(f"stopped: {e}; rerun the same command to resume", file=sys.stderr)
+    return 130
+  except KeyboardInterrupt:  # between stages or before training started (then Ctrl-C saves and stops)
+    print("stopped: interrupted; rerun the same command to resume", file=sys.stderr)
+    return 130
   except Exception as e:  # noqa: BLE001  (one line for what the user can fix; anything else raises)
     if (line := error_line(e, workdir)) is None:
       raise

@@ -22,6 +22,7 @@ def _recipe(tiny_config, encoder_file, seeds=2, self_critical_seeds=2):
       regime="self_critical", select_metric="cider", learning_rate=1e-4, warmup_steps=0, final_lr_fraction=1.0,
       num_steps=4, batch_size=4, eval_every=2, checkpoint_every=2))
   c.seeds, c.self_critical_seeds, c.beam, c.alpha = seeds, self_critical_seeds, 2, 1.0
+  c.ensemble_cross_entropy = False
   return c
 
 
@@ -58,18 +59,45 @@ def test_recipe_chains_stages_per_seed_evaluates_single_and_ensemble_and_a_rerun
   assert steps == sorted(set(steps))  # no step trained twice
 
 
+@pytest.mark.slow
+def test_a_signal_to_the_recipe_saves_the_running_stage_and_starts_no_other(tiny_config, tmp_path):
+  import signal
+  import time
+  c = _recipe(tiny_config, "", seeds=1, self_critical_seeds=1)
+  c.base.model.pretrained = ""
+  c.base.train.update(num_steps=100_000, eval_every=100_000, checkpoint_every=100_000)  # would run for hours
+  config_file = tmp_path / "recipe_config.py"
+  config_file.write_text(f"import ml_collections\n\ndef get_config():\n"
+                         f"  return ml_collections.ConfigDict({c.to_dict()!r})\n")
+  workdir = tmp_path / "w"
+  p = subprocess.Popen([sys.executable, "-m", "jaxcap.recipe", "--config", str(config_file), "--workdir",
+                        str(workdir)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics = workdir / "xe_seed0" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and '"loss"' in metrics.read_text()):  # training
+    assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "timeout"
+    time.sleep(0.5)
+  p.send_signal(signal.SIGTERM)
+  err = p.communicate(timeout=300)[1]
+  assert p.returncode == 130, err
+  assert err.strip().splitlines()[-1].startswith("stopped: ") and "rerun the same command to resume" in err
+  assert 0 < checkpoint.load(str(workdir / "xe_seed0"))[1]["step"] < 100_000  # saved where it stopped
+  assert not (workdir / "scst_seed0").exists()  # self-critical training never started from the half-trained model
+
+
 def test_recipe_without_a_config_is_one_line():
   p = subprocess.run([sys.executable, "-m", "jaxcap.recipe"], cwd=ROOT, capture_output=True, text=True)
   assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --config is required")
 
 
-def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_entropy_seed1():
+def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_entropy_seeds_0_and_1():
   from configs import flickr8k_best
   c = flickr8k_best.get_config()
   got = [(os.path.basename(w), s.train.regime, s.train.init_from, s.seed) for w, s in recipe.stages(c, "/w")]
   assert got == [("xe_seed0", "cached", "", 0), ("scst_seed0", "self_critical", "/w/xe_seed0", 0),
                  ("xe_seed1", "cached", "", 1)]
   assert recipe.final_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed1"]
+  assert recipe.ensemble_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed0", "/w/xe_seed1"]
 
 
 def test_only_the_first_self_critical_seeds_go_on_to_self_critical_and_a_bad_count_is_refused(tiny_config):
@@ -77,6 +105,9 @@ def test_only_the_first_self_critical_seeds_go_on_to_self_critical_and_a_bad_cou
   assert [os.path.basename(w) for w, _ in recipe.stages(c, "/w")] == ["xe_seed0", "scst_seed0", "xe_seed1",
                                                                        "xe_seed2"]
   assert recipe.final_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed1", "/w/xe_seed2"]
+  assert recipe.ensemble_models(c, "/w") == recipe.final_models(c, "/w")
+  c.ensemble_cross_entropy = True  # the self-critical model's own cross-entropy start joins the ensemble
+  assert recipe.ensemble_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed0", "/w/xe_seed1", "/w/xe_seed2"]
   c.self_critical_seeds = 4
   with pytest.raises(ValueError, match=r"self_critical_seeds=4: must be 0\.\.seeds \(3\)"):
     recipe.stages(c, "/w")
