@@ -9,9 +9,9 @@ Chosen on Flickr8k dev (README, "Ablation and the best recipe"): Lite1 features 
 vs Lite0 0.216, Lite2 0.216); self-critical training on seed 0, ensembled with cross-entropy seeds 0 and 1 (dev
 beam 3 BLEU-4 0.230, CIDEr-D 0.569; without seed 0's cross-entropy model 0.228 / 0.563, two cross-entropy seeds
 0.224 / 0.533, self-critical seed 0 alone 0.218 / 0.540); beam 3.
-The run above, from a cold feature cache on the 2-core CPU, 2026-11-23: 54m14s wall (xe_seed0 949 s with the
-features, scst_seed0 1,528 s, xe_seed1 683 s, the two test evaluations 81 s), over the issue's 45 minutes; the
-same stages took 45m36s the day before (848 s, 1,178 s, 632 s): this machine's speed drifts. Test, beam 3:
+The run above, from a cold feature cache on the 2-core CPU: 54m14s wall (xe_seed0 949 s with the features,
+scst_seed0 1,528 s, xe_seed1 683 s, the two test evaluations 81 s), over the issue's 45 minutes; the same
+stages took 45m36s a few hours earlier (848 s, 1,178 s, 632 s): this machine's speed drifts. Test, beam 3:
 self-critical seed 0 alone BLEU-4 0.226, CIDEr-D 0.591; the ensemble BLEU-1..4 0.662 / 0.478 / 0.338 / 0.236
 (coco-caption 0.236), METEOR 0.204, ROUGE-L 0.472, CIDEr-D 0.582, dangling captions 0%.
 """
