@@ -468,8 +468,8 @@ BAD = {
     "train.eval_num_images": -1, "train.decode_max_len": 0, "train.final_test_eval": None,
     "train.eval_batch_size": 0, "model.attention_backward": "manual_vjp", "train.init_from": None,
     "train.select_metric": "meteor", "train.scst_samples": 1, "train.scst_temperature": 0.0,
-    "train.scst_baseline": "mean", "train.feature_store": "disk", "train.feature_memory_gb": -1.0, "data.dataset": "coco",
-    "data.karpathy_json": None, "data.use_restval": None, "train.feed_placement": "gpu",
+    "train.scst_baseline": "mean", "train.feature_store": "disk", "train.feature_memory_gb": -1.0,
+    "data.dataset": "coco", "data.karpathy_json": None, "data.use_restval": None, "train.feed_placement": "gpu",
     "train.device_memory_gb": -1.0, "train.steps_per_dispatch": 0, "train.image_feed": "memory",
 }
 
