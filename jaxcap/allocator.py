@@ -1,0 +1,31 @@
+"""glibc malloc settings for jaxcap's processes, applied once when jaxcap is imported.
+
+With glibc's defaults, the buffers XLA's CPU runtime allocates and frees every step (the step's temporaries,
+tens to hundreds of MB) go back to the kernel when freed (mmap'd above 32 MB; per-thread arenas unmapped or
+trimmed once empty), and each new step faults the same memory in again, zeroed page by page. On the 2-core CPU that
+was 15% of a training run's CPU time (`sys` in `/usr/bin/time`). Keeping freed memory in one heap (no mmap for
+large blocks, no trimming, one arena) lets the next step reuse it; it changes no result, only where buffers live.
+Set by hand because glibc reads its own environment knob (GLIBC_TUNABLES) only at process start, before Python
+runs. `JAXCAP_MALLOC=system` keeps glibc's defaults (the A/B of `bench/allocator.py`); a user who sets malloc
+tunables in GLIBC_TUNABLES keeps them.
+"""
+import ctypes
+import os
+import sys
+
+# mallopt parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+
+
+def keep_freed_memory() -> bool:
+  """Tells glibc malloc to keep freed memory for reuse; True when applied (Linux with glibc, neither
+  JAXCAP_MALLOC=system nor malloc tunables chosen by the user)."""
+  if (not sys.platform.startswith("linux") or os.environ.get("JAXCAP_MALLOC") == "system"
+      or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")):
+    return False
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):  # musl and other libcs have no mallopt
+    return False
+  return all(mallopt(param, value) == 1 for param, value in
+             ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_ARENA_MAX, 1)))
