@@ -1,4 +1,4 @@
-"""The best Flickr8k recipe chosen on dev, 45-55 minutes on the 2-core CPU (whose speed drifts): a recipe config
+"""The best Flickr8k recipe chosen on dev, 36 minutes on the 2-core CPU (whose speed drifts): a recipe config
 for `jaxcap.recipe` (features, cross-entropy and, when `self_critical` is set, self-critical CIDEr-D training,
 for each ensemble seed; then the test evaluation).
 
@@ -9,9 +9,9 @@ Chosen on Flickr8k dev (README, "Ablation and the best recipe"): Lite1 features 
 vs Lite0 0.216, Lite2 0.216); self-critical training on seed 0, ensembled with cross-entropy seeds 0 and 1 (dev
 beam 3 BLEU-4 0.230, CIDEr-D 0.569; without seed 0's cross-entropy model 0.228 / 0.563, two cross-entropy seeds
 0.224 / 0.533, self-critical seed 0 alone 0.218 / 0.540); beam 3.
-The run above, from a cold feature cache on the 2-core CPU: 54m14s wall (xe_seed0 949 s with the features,
-scst_seed0 1,528 s, xe_seed1 683 s, the two test evaluations 81 s), over the issue's 45 minutes; the same
-stages took 45m36s a few hours earlier (848 s, 1,178 s, 632 s): this machine's speed drifts. Test, beam 3:
+The run above, from a cold feature cache on the 2-core CPU: 35m52s wall (xe_seed0 580 s with the features,
+scst_seed0 988 s, xe_seed1 506 s, the two test evaluations 71 s), since freed memory is kept for reuse
+(jaxcap/allocator.py); before that the same stages, bit for bit, took 54m14s and 45m36s. Test, beam 3:
 self-critical seed 0 alone BLEU-4 0.226, CIDEr-D 0.591; the ensemble BLEU-1..4 0.662 / 0.478 / 0.338 / 0.236
 (coco-caption 0.236), METEOR 0.204, ROUGE-L 0.472, CIDEr-D 0.582, dangling captions 0%.
 """
@@ -26,7 +26,7 @@ def get_config():
   c.base = flickr8k_lite0.get_config()
   c.base.model.encoder = "efficientnet_lite1"  # dev BLEU-4 0.1977 vs Lite0 0.1945, Lite2 0.1925 (one run each)
   # Then self-critical training from it (README, "Self-critical training"): `train` fields on top of the
-  # cross-entropy config. Constant lr; 1,750 steps (0.67-0.87 s a step here) is where the 3,000-step run of
+  # cross-entropy config. Constant lr; 1,750 steps (0.56 s a step here) is where the 3,000-step run of
   # these settings peaked on dev (greedy CIDEr-D 0.540, from 0.500).
   c.self_critical = ml_collections.ConfigDict(dict(
       regime="self_critical", select_metric="cider", batch_size=16, learning_rate=5e-5, warmup_steps=0,
