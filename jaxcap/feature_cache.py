@@ -266,8 +266,7 @@ def _cached(builder, split: str, encode: Callable, preprocessing, directory: str
 @contextlib.contextmanager
 def _exclusive(directory: str, what: str, verbose: bool):
   """Holds a lock on the cache folder itself (flock, released when the process dies): processes sharing a
-  cache (two trainers, the hosts of one job) write a split once, and the others
-  wait, then read it."""
+  cache (two trainers, the hosts of one job) write a split once, and the others wait, then read it."""
   fd = os.open(directory, os.O_RDONLY)
   try:
     try:

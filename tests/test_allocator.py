@@ -23,16 +23,16 @@ print(json.dumps(faults))
 """
 
 
-def faults_per_round(**env) -> list[int]:
-  out = subprocess.run([sys.executable, "-c", ROUNDS], env={**os.environ, **env}, capture_output=True, text=True,
-                       check=True).stdout
-  return json.loads(out)
+def python(code: str, **env) -> str:
+  """stdout of `python -c code` in this environment without the user's malloc choices, plus `env`."""
+  clean = {k: v for k, v in os.environ.items() if k not in ("JAXCAP_MALLOC", "GLIBC_TUNABLES")}
+  return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                        check=True).stdout.strip()
 
 
 def test_a_freed_64mb_buffer_is_reused_not_faulted_in_again():
-  base = {k: v for k, v in os.environ.items() if k not in ("JAXCAP_MALLOC", "GLIBC_TUNABLES")}
-  kept = faults_per_round(**base)
-  system = faults_per_round(**base, JAXCAP_MALLOC="system")
+  kept = json.loads(python(ROUNDS))
+  system = json.loads(python(ROUNDS, JAXCAP_MALLOC="system"))
   # glibc's defaults hand the 64 MB back to the kernel at every free, so every round faults it in again.
   assert min(system[1:]) > 0, system
   assert sum(kept[1:]) * 10 < sum(system[1:]), (kept, system)
@@ -40,7 +40,6 @@ def test_a_freed_64mb_buffer_is_reused_not_faulted_in_again():
 
 def test_malloc_tunables_a_user_set_win():
   code = "import jaxcap.allocator as a; print(a.keep_freed_memory())"
-  run = lambda **env: subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-                                     text=True, check=True).stdout.strip()
-  assert run(GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072") == "False"
-  assert run(JAXCAP_MALLOC="system") == "False"
+  assert python(code) == "True"
+  assert python(code, GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072") == "False"
+  assert python(code, JAXCAP_MALLOC="system") == "False"
