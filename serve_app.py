@@ -4,7 +4,7 @@
     streamlit run serve_app.py -- --checkpoint workdirs/seed0 --checkpoint workdirs/seed1   # an ensemble
 
 The checkpoint can also be set in the sidebar or with JAXCAP_CHECKPOINT. Several --checkpoint make an
-ensemble (`jaxcap.inference.Captioner`: same vocabulary and encoder), each member in a sidebar field of its
+ensemble (`jaxcap.inference.Captioner`: same vocabulary, any encoders), each member in a sidebar field of its
 own. All model work goes through one
 `jaxcap.serving.CaptionService` per checkpoint (kept in st.cache_resource, so shared by every session): it
 batches the requests of all sessions and calls `jaxcap.inference.Captioner`. Uploads are decoded once and
@@ -242,8 +242,8 @@ def main():
   cap = server.captioner
   for warning in cap.warnings:  # a damaged best checkpoint: the app runs on the next one, and says so
     st.warning(warning)
-  decoders = " + ".join(f"{m.mode} decoder, step {m.step}" for m in cap.members)
-  st.caption(f"model: {cap.config.model.encoder} + {decoders}, {len(cap.vocab)} words")
+  members = "; ".join(f"{m.config.model.encoder} + {m.mode} decoder, step {m.step}" for m in cap.members)
+  st.caption(f"model: {members}, {len(cap.vocab)} words")
   uploads = st.file_uploader("Photos", type=UPLOAD_TYPES, accept_multiple_files=True)
   files = [(u.name, u.getvalue()) for u in uploads or []]
   if st.checkbox("try sample photos from the test split"):

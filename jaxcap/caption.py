@@ -35,7 +35,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m jaxcap.caption", description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, action="append",
                  help="workdir (its best checkpoint) or a step directory; repeat it for an ensemble (same "
-                 "vocabulary and encoder; words scored by the mean of the members' log-probabilities)")
+                 "vocabulary, any encoders; words scored by the mean of the members' log-probabilities)")
   p.add_argument("--beam", type=int, default=3, help="beam size; 1 = greedy")
   p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (1.0: best on Flickr8k dev)")
   p.add_argument("--max_len", type=int, default=20)

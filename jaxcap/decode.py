@@ -2,8 +2,9 @@
 log-probability of given captions (teacher-forced, differentiable: what self-critical training needs).
 
 Decoders are addressed through `Decoder.init_state` / `Decoder.step`, so this module knows nothing of files or
-checkpoints. Greedy and beam search also take an ensemble: a tuple of decoders (same vocabulary, same feature
-grid) with a tuple of their params. Every step then scores a word by the mean of the members' log-probabilities
+checkpoints. Greedy and beam search also take an ensemble: a tuple of decoders (same vocabulary) with a tuple of
+their params, and either one feature grid they all read or a tuple of grids, one per member (members trained on
+different encoders). Every step then scores a word by the mean of the members' log-probabilities
 (a product of experts: a word must suit every member; the log of the mean probability would let one confident
 member carry it), so a caption's beam log-probability is the mean of the members' log-probabilities of it. A
 single decoder is an ensemble of one, and the mean of one member is that member bit for bit.
@@ -27,6 +28,7 @@ def allowed_logits(logits: jax.Array) -> jax.Array:
 
 
 Members = Decoder | tuple[Decoder, ...]   # one decoder, or an ensemble's (with a tuple of their params)
+Grids = jax.Array | tuple[jax.Array, ...]  # one grid for every member, or one per member
 
 
 def members(decoder, params) -> tuple[tuple[Decoder, ...], tuple]:
@@ -39,27 +41,37 @@ def _mean(xs: list[jax.Array]) -> jax.Array:
   return sum(xs[1:], xs[0]) / len(xs)
 
 
-def _init(decoders, params, grid):
-  """Every member's per-image constants (feats, att_feats) and LSTM carry, for grid [B, h, w, C]."""
-  states = [d.apply({"params": p}, grid, method=Decoder.init_state) for d, p in zip(decoders, params)]
+def member_grids(decoders, grid) -> tuple[jax.Array, ...]:
+  """One grid [B, h, w, C] per member: `grid` itself when all members read the same one, else the tuple given."""
+  grids = tuple(grid) if isinstance(grid, (tuple, list)) else (grid,) * len(decoders)
+  if len(grids) != len(decoders):
+    raise ValueError(f"{len(grids)} feature grids for {len(decoders)} ensemble members")
+  return grids
+
+
+def _init(decoders, params, grids):
+  """Every member's per-image constants (feats, att_feats) and LSTM carry, for its grid [B, h, w, C]."""
+  states = [d.apply({"params": p}, g, method=Decoder.init_state) for d, p, g in zip(decoders, params, grids)]
   return tuple(s[:2] for s in states), tuple(s[2] for s in states)
 
 
-def _step(decoders, params, consts, carries, tokens):
-  """One step of every member: their logits ([B, V] each), the mean attention [B, N] of the attending members
-  (the first member's, empty, when none attends) and the new carries."""
+def _step(decoders, params, consts, carries, tokens, n: int):
+  """One step of every member: their logits ([B, V] each), the mean attention [B, n] of the attending members
+  over n positions (the first attending member's grid; empty when none attends) and the new carries."""
   outs = [d.apply({"params": p}, c + (carry,), tokens, method=Decoder.step)
           for d, p, c, carry in zip(decoders, params, consts, carries)]
   alphas = [o[1] for o in outs]
-  return [o[0] for o in outs], _mean([a for a in alphas if a.shape[-1]] or alphas[:1]), tuple(o[2][2] for o in outs)
+  return [o[0] for o in outs], _mean([a for a in alphas if a.shape[-1] == n]), tuple(o[2][2] for o in outs)
 
 
-def _attention_size(decoders, grid) -> int:
-  return grid.shape[1] * grid.shape[2] if any(d.mode == "attend" for d in decoders) else 0
+def _attention_size(decoders, grids) -> int:
+  """Positions of the attention maps returned: the first attending member's grid (members on other grids
+  are left out of the map), 0 when no member attends."""
+  return next((g.shape[1] * g.shape[2] for d, g in zip(decoders, grids) if d.mode == "attend"), 0)
 
 
 @functools.partial(jax.jit, static_argnames=("decoder", "max_len"))
-def greedy(decoder: Members, params, grid: jax.Array, max_len: int = 20):
+def greedy(decoder: Members, params, grid: Grids, max_len: int = 20):
   """Greedy captions for grid [B, h, w, C]: tokens [B, max_len] (<pad> after <end>), alphas [B, max_len, N].
 
   Stops early (lax.while_loop) once every caption has emitted <end>. An ensemble takes the argmax of the mean
@@ -67,9 +79,10 @@ def greedy(decoder: Members, params, grid: jax.Array, max_len: int = 20):
   one constant per row), and for one member exactly today's argmax of its logits.
   """
   decoders, params = members(decoder, params)
-  consts, carries = _init(decoders, params, grid)
-  b = grid.shape[0]
-  n = _attention_size(decoders, grid)
+  grids = member_grids(decoders, grid)
+  consts, carries = _init(decoders, params, grids)
+  b = grids[0].shape[0]
+  n = _attention_size(decoders, grids)
   tokens = jnp.full((b, max_len), vocab_lib.PAD_ID, jnp.int32)
   alphas = jnp.zeros((b, max_len, n), jnp.float32)
 
@@ -79,7 +92,7 @@ def greedy(decoder: Members, params, grid: jax.Array, max_len: int = 20):
 
   def body(c):
     t, carries, prev, done, tokens, alphas = c
-    logits, alpha, carries = _step(decoders, params, consts, carries, prev)
+    logits, alpha, carries = _step(decoders, params, consts, carries, prev, n)
     best = jnp.argmax(_mean([allowed_logits(lg) for lg in logits]), -1).astype(jnp.int32)
     nxt = jnp.where(done, vocab_lib.PAD_ID, best)
     tokens = tokens.at[:, t].set(nxt)
@@ -165,7 +178,7 @@ def _merge_beams(tree):
 
 
 @functools.partial(jax.jit, static_argnames=("decoder", "beam_size", "max_len"))
-def beam_search(decoder: Members, params, grid: jax.Array, beam_size: int = 3, max_len: int = 20,
+def beam_search(decoder: Members, params, grid: Grids, beam_size: int = 3, max_len: int = 20,
                 alpha: float | jax.Array = 0.0):
   """Beam search for grid [B, h, w, C], batched over images.
 
@@ -180,9 +193,10 @@ def beam_search(decoder: Members, params, grid: jax.Array, beam_size: int = 3, m
   k = beam_size
   decoders, params = members(decoder, params)
   alpha = jnp.asarray(alpha, jnp.float32)
-  b = grid.shape[0]
-  consts, carries = _init(decoders, params, grid)
-  n = _attention_size(decoders, grid)
+  grids = member_grids(decoders, grid)
+  b = grids[0].shape[0]
+  consts, carries = _init(decoders, params, grids)
+  n = _attention_size(decoders, grids)
   tile = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
   consts, carries = jax.tree.map(tile, consts), jax.tree.map(tile, carries)
   # Only beam 0 is live at the start, so the first step does not pick K copies of the same word.
@@ -204,7 +218,7 @@ def beam_search(decoder: Members, params, grid: jax.Array, beam_size: int = 3, m
 
   def body(c):
     t, live_lp, seqs, alphas, carries, last, fin_scores, fin_lp, fin_seqs, fin_alphas = c
-    logits, alpha_t, carries = _step(decoders, params, consts, carries, last.reshape(-1))
+    logits, alpha_t, carries = _step(decoders, params, consts, carries, last.reshape(-1), n)
     logp = _mean([jax.nn.log_softmax(allowed_logits(lg)) for lg in logits]).reshape(b, k, -1)
     vsize = logp.shape[-1]
     cand = (live_lp[:, :, None] + logp).reshape(b, k * vsize)

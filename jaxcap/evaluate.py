@@ -10,9 +10,9 @@ of per-image predictions (caption, beams, references, per-image BLEU-4) and prin
 stdout is one JSON object with the metrics. Without --data_dir the dataset named in the checkpoint's config
 is used (whatever its data.dataset: Flickr8k, a Karpathy JSON, tfds:<name>). With several --alphas, each
 length penalty (and with several --beam, each beam size) is evaluated on the same encoded images (tune on
-dev, report on test). Several --checkpoint make an ensemble (same vocabulary and encoder; every step scores
-words by the mean of the members' log-probabilities): images are encoded once, and the dataset is the first
-checkpoint's.
+dev, report on test). Several --checkpoint make an ensemble (same vocabulary, any encoders; every step
+scores words by the mean of the members' log-probabilities): images are encoded once per distinct encoder, and
+the dataset is the first checkpoint's.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,7 +32,8 @@ class Settings:
 class SplitInputs:
   """What the evaluator decodes for a split: one feature grid per image, with its names and references."""
   names: list[str]
-  grids: np.ndarray                  # [N, h, w, C] (or feature_cache.FeatureRows: read batch by batch)
+  grids: np.ndarray | tuple          # [N, h, w, C] (or feature_cache.FeatureRows: read batch by batch); an
+                                     # ensemble on several encoders: a tuple, one per member
   references: list[list[str]]        # raw reference captions per image ([] when there are none)
 
 
@@ -44,14 +46,20 @@ class Decoded:
   alphas: np.ndarray                 # [N, K, max_len, h*w] attention of every token (attend mode)
 
 
+def rows(grids) -> int:
+  """Images in grids: an array [N, h, w, C] (or FeatureRows), or a tuple of them (one per ensemble member)."""
+  return len(jax.tree.leaves(grids)[0])
+
+
 def decode_grids(decoder, params, grids, settings: Settings) -> Decoded:
   """Greedy or beam-search captions for grids [N, h, w, C], in batches of settings.batch_size. `decoder` and
-  `params` may be tuples: an ensemble (`jaxcap.decode`)."""
-  parts = []
-  for i in range(0, len(grids), settings.batch_size):
-    chunk = np.asarray(grids[i:i + settings.batch_size])  # grids may be on disk (feature_cache.FeatureRows)
-    n = len(chunk)
-    g = jnp.asarray(batching.pad_rows(chunk, settings.batch_size))
+  `params` may be tuples: an ensemble (`jaxcap.decode`), and then `grids` too: one per member."""
+  parts, total = [], rows(grids)
+  for i in range(0, total, settings.batch_size):
+    n = min(settings.batch_size, total - i)
+    # grids may be on disk (feature_cache.FeatureRows)
+    g = jax.tree.map(lambda x: jnp.asarray(batching.pad_rows(np.asarray(x[i:i + n]), settings.batch_size)),  # noqa: B023
+                     grids)
     if settings.beam_size <= 1:
       tokens, alphas = decode.greedy(decoder, params, g, settings.max_len)
       tokens, alphas = np.asarray(tokens)[:n, None], np.asarray(alphas)[:n, None]

@@ -207,13 +207,14 @@ def load(directory: str, split: str) -> tuple[list[str], FeatureRows] | None:
 def encode_batches(builder, split: str, encode: Callable, preprocessing, batch_size: int,
                    limit: int = 0) -> Iterator[tuple[list[str], np.ndarray, list[list[str]]]]:
   """(names, grids, references) of each eval batch of `split` (its valid rows; the first `limit` images),
-  grids = encode(uint8 images [batch_size, S, S, 3]) as numpy."""
+  grids = encode(uint8 images [batch_size, S, S, 3]) as numpy (a tuple of them when encode returns a tuple:
+  an ensemble on several encoders)."""
   seen = 0
   for batch in pipeline.eval_batches(builder, split=split, batch_size=batch_size, preprocessing=preprocessing):
     k = int(batch["valid"].sum())
     if limit:
       k = min(k, limit - seen)
-    grids = np.asarray(encode(batch["image"]))[:k]
+    grids = jax.tree.map(lambda g: np.asarray(g)[:k], encode(batch["image"]))  # noqa: B023
     yield [f.decode() for f in batch["filename"][:k]], grids, pipeline.references(batch)[:k]
     seen += k
     if limit and seen >= limit:
@@ -231,9 +232,9 @@ def encode_split(encode: Callable, builder, split: str, preprocessing, batch_siz
     names += batch_names
     grids.append(g)
     refs += r
-    bar.update(len(g))
+    bar.update(len(batch_names))
   bar.close()
-  return SplitInputs(names, np.concatenate(grids), refs)
+  return SplitInputs(names, jax.tree.map(lambda *gs: np.concatenate(gs), *grids), refs)
 
 
 def extract(builder, split: str, encoder, variables, directory: str, batch_size: int = 32,

@@ -5,11 +5,12 @@ read through `jaxcap.checkpoint` and captions decoded through `jaxcap.evaluator`
     [result] = cap.caption(["photo.jpg"], beam_size=3)
     result.caption, result.beams, result.attention           # attention: [words, h, w] (attend mode)
 
-    ens = Captioner.load(["workdirs/seed0", "workdirs/seed1"])  # an ensemble: one encoder, the decoders' mean
+    ens = Captioner.load(["workdirs/seed0", "workdirs/seed1"])  # an ensemble: the decoders' mean
 
-An ensemble's members must share the vocabulary (the mean is taken word by word) and the encoder with its
-weights (each image is encoded once, by the first member's encoder; members fine-tuned apart would each need
-their own pass, so they are refused in one line instead). Their decoders may differ in anything else.
+An ensemble's members must share the vocabulary (the mean is taken word by word); anything else may differ.
+Each distinct encoder (architecture, input size, weights) encodes an image once and its members share the grid.
+The ensemble's pixels are at its largest encoder input size; an encoder that takes fewer pixels resizes them
+(the training pipeline's resize) to its own.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from jaxcap.data import batching
 from jaxcap.data import images as images_lib
 from jaxcap.data.preprocessing import Preprocessing
 from jaxcap.data.vocab import END_ID, PAD_ID, Vocab
+from jaxcap.decode import member_grids
 from jaxcap.models.caption_model import CaptionModel, encode_fn, make_model
 
 
@@ -53,16 +55,20 @@ class Captioner:
     self.model, self.variables, self.vocab, self.config = model, variables, vocab, config
     self.step, self.source = step, source
     self.warnings: list[str] = []
-    self.preprocessing: Preprocessing = model.encoder.preprocessing
     self.mode = model.decoder.mode
     self._encode = encode_fn(model)
     for other in others:
       check_ensemble(self, other)
-    # This checkpoint first, then the other ensemble members (checked: same vocabulary and encoder).
+    # This checkpoint first, then the other ensemble members (checked: same vocabulary).
     self.members: tuple[Captioner, ...] = (self, *others)
     self.decoders = tuple(m.model.decoder for m in self.members)
     self.decoder_params = tuple(m.variables["params"]["decoder"] for m in self.members)
     self.sources = [m.source for m in self.members]
+    # Member i reads the grid of the first member on the same encoder.
+    self._encoder_of = tuple(next(j for j, o in enumerate(self.members) if same_encoder(o, m))
+                             for m in self.members)
+    self.preprocessing: Preprocessing = max((m.model.encoder.preprocessing for m in self.members),
+                                            key=lambda p: p.size)
 
   @classmethod
   def load(cls, path: str | Sequence[str], warn: Callable[[str], None] = lambda s: None) -> "Captioner":
@@ -100,26 +106,39 @@ class Captioner:
     """The exact uint8 pixels [S, S, 3] the encoder sees (the training pipeline's decode and resize)."""
     return images_lib.resize(images_lib.read_image(image, name), self.preprocessing.size)
 
-  def encode(self, pixels: np.ndarray) -> jax.Array:
-    return self._encode(self.variables, jnp.asarray(pixels))
+  def encode(self, pixels: np.ndarray) -> jax.Array | tuple[jax.Array, ...]:
+    """The grid [B, h, w, C] of pixels [B, S, S, 3] (S = preprocessing.size) when every member shares one
+    encoder; else a tuple of grids, one per member (each distinct encoder runs once)."""
+    grids = {}
+    for i in self._encoder_of:
+      if i not in grids:
+        m = self.members[i]
+        size = m.model.encoder.preprocessing.size
+        x = pixels if size == pixels.shape[1] else np.stack([images_lib.resize(p, size) for p in pixels])
+        grids[i] = m._encode(m.variables, jnp.asarray(x))
+    return grids[0] if len(grids) == 1 else tuple(grids[i] for i in self._encoder_of)
 
-  def encode_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """Feature grids [N, h, w, C] for preprocessed pixels [N, S, S, 3], encoded in batches of `batch_size`
-    (default: all N at once; the last batch padded, so one compilation per batch size)."""
+  def encode_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray | tuple:
+    """Feature grids [N, h, w, C] (a tuple, one per member, when members are on different encoders) for
+    preprocessed pixels [N, S, S, 3], encoded in batches of `batch_size` (default: all N at once; the last batch
+    padded, so one compilation per batch size)."""
     batch_size = batch_size or len(pixels)
-    grids = []
+    parts = []
     for i in range(0, len(pixels), batch_size):
-      chunk = pixels[i:i + batch_size]
-      grids.append(np.asarray(self.encode(batching.pad_rows(chunk, batch_size)))[:len(chunk)])
-    return np.concatenate(grids)
+      n = len(pixels[i:i + batch_size])
+      parts.append(jax.tree.map(lambda g: np.asarray(g)[:n],  # noqa: B023
+                                self.encode(batching.pad_rows(pixels[i:i + batch_size], batch_size))))
+    return jax.tree.map(lambda *gs: np.concatenate(gs), *parts)
 
-  def decode(self, grids: np.ndarray, beam_size: int = 1, max_len: int = 20, alpha: float = 0.0,
+  def decode(self, grids: np.ndarray | tuple, beam_size: int = 1, max_len: int = 20, alpha: float = 0.0,
              batch_size: int | None = None) -> list[Result]:
     """Captions for feature grids [N, h, w, C] (from `encode_pixels`), through `evaluator.decode_grids` in
     batches of `batch_size` (default: all N at once). One compilation per (batch size, beam, max_len)."""
     out = evaluator.decode_grids(self.decoders, self.decoder_params, grids,
-                                 evaluator.Settings(beam_size, max_len, alpha, batch_size or len(grids)))
-    h, w = grids.shape[1:3]
+                                 evaluator.Settings(beam_size, max_len, alpha, batch_size or evaluator.rows(grids)))
+    # Attention maps are over the first attending member's grid (`jaxcap.decode`).
+    h, w = next((g.shape[1:3] for m, g in zip(self.members, member_grids(self.decoders, grids))
+                 if m.mode == "attend"), (0, 0))
     results = []
     for tokens, scores, log_probs, alphas in zip(out.tokens, out.scores, out.log_probs, out.alphas):
       beams = [Beam(self.vocab.to_text(t), float(s), float(lp)) for t, s, lp in zip(tokens, scores, log_probs)]
@@ -153,10 +172,19 @@ class Captioner:
       self.caption_pixels(blank, k, max_len)
 
 
+def same_encoder(a: Captioner, b: Captioner) -> bool:
+  """Whether a's encoder gives b's grids: the same module, input size and weights."""
+  if a.model.encoder != b.model.encoder:
+    return False
+  weights = lambda c: {k: c.variables[k].get("encoder", {}) for k in ("params", "batch_stats")}  # noqa: E731
+  wa, wb = weights(a), weights(b)
+  return jax.tree.structure(wa) == jax.tree.structure(wb) and all(
+      x is y or np.array_equal(x, y) for x, y in zip(jax.tree.leaves(wa), jax.tree.leaves(wb)))
+
+
 def check_ensemble(a: Captioner, b: Captioner) -> None:
   """Raises CheckpointError (one line naming both checkpoints) unless b can join a's ensemble: the same vocabulary
-  (word ids are averaged position by position) and the same encoder and encoder weights (images are encoded
-  once, by a's encoder)."""
+  (word ids are averaged position by position)."""
   def refuse(what: str) -> None:
     raise CheckpointError(f"cannot ensemble {a.source} and {b.source}: {what}")
   if a.vocab.tokens != b.vocab.tokens:
@@ -165,14 +193,3 @@ def check_ensemble(a: Captioner, b: Captioner) -> None:
         "one extends the other"
     refuse(f"their vocabularies differ ({len(a.vocab)} vs {len(b.vocab)} tokens, {where}); ensemble members "
            "must be trained with the same vocabulary")
-  if a.model.encoder != b.model.encoder or a.preprocessing.to_dict() != b.preprocessing.to_dict():
-    refuse(f"their encoders differ ({a.config.model.encoder} at {a.preprocessing.size} px vs "
-           f"{b.config.model.encoder} at {b.preprocessing.size} px); an ensemble encodes each image once, so "
-           "its members must share the encoder")
-  weights = lambda c: {k: c.variables[k].get("encoder", {}) for k in ("params", "batch_stats")}  # noqa: E731
-  wa, wb = weights(a), weights(b)
-  same = jax.tree.structure(wa) == jax.tree.structure(wb) and all(
-      np.array_equal(x, y) for x, y in zip(jax.tree.leaves(wa), jax.tree.leaves(wb)))
-  if not same:
-    refuse("their encoder weights differ (a fine-tuned encoder?); an ensemble encodes each image once, so its "
-           "members must share the encoder's weights")

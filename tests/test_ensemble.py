@@ -1,5 +1,6 @@
 """Ensembles: one member is the single decoder bit for bit, a model twice is that model, two models score by the
-mean of their log-probabilities, and members that differ in vocabulary or encoder are refused at load."""
+mean of their log-probabilities, members on other encoders each read their own grid, and members that differ in
+vocabulary are refused at load."""
 import json
 import os
 import shutil
@@ -15,10 +16,11 @@ from jaxcap.inference import Captioner, CheckpointError
 from jaxcap.models.decoder import Decoder
 
 
-def model(seed, mode="attend", hidden=16, deep_output=False, vocab_size=14):
+def model(seed, mode="attend", hidden=16, deep_output=False, vocab_size=14, grid_shape=(2, 2, 6)):
   d = Decoder(vocab_size=vocab_size, mode=mode, embed_dim=8, hidden_dim=hidden, attention_dim=8, dropout=0.0,
               deep_output=deep_output)
-  grid = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2, 2, 6)), jnp.float32)  # one grid for all members
+  # One grid for all members of the same grid_shape (the same seed); another encoder's grid for another shape.
+  grid = jnp.asarray(np.random.default_rng(0).normal(size=(6, *grid_shape)), jnp.float32)
   v = jax.jit(d.init)(jax.random.key(seed), grid, jnp.zeros((6, 3), jnp.int32))
   params = jax.tree.map(lambda a: a * 3.0, v["params"])  # peakier distributions than the init's
   params["out"]["bias"] = params["out"]["bias"].at[V.END_ID].add(1.0)
@@ -32,9 +34,10 @@ def _same_bits(got, want):
 
 def _greedy_by_hand(members, grid, max_len):
   """A plain Python loop: at each step the argmax of the members' mean log-probability (one member: of its
-  logits, as greedy always decoded)."""
-  states = [d.apply({"params": p}, grid, method=Decoder.init_state) for d, p in members]
-  tok, out = jnp.full((grid.shape[0],), V.START_ID), []
+  logits, as greedy always decoded). grid: one for all members, or a list, one per member."""
+  grids = grid if isinstance(grid, list) else [grid] * len(members)
+  states = [d.apply({"params": p}, g, method=Decoder.init_state) for (d, p), g in zip(members, grids)]
+  tok, out = jnp.full((grids[0].shape[0],), V.START_ID), []
   for _ in range(max_len):
     logits = []
     for i, (d, p) in enumerate(members):
@@ -97,6 +100,24 @@ def test_an_attending_and_a_show_tell_member_show_the_attention_of_the_attending
   np.testing.assert_allclose(alphas[tokens != V.PAD_ID].sum(-1), 1.0, atol=1e-5)
 
 
+def test_members_on_other_encoders_each_read_their_own_grid():
+  # a reads 2x2x6 grids, b 3x3x5 (another encoder's): greedy and beam search take one grid per member.
+  (a, pa, ga), (b, pb, gb) = model(1), model(2, hidden=24, grid_shape=(3, 3, 5))
+  tokens, alphas = (np.asarray(x) for x in decode.greedy((a, b), (pa, pb), (ga, gb), max_len=8))
+  np.testing.assert_array_equal(tokens, _greedy_by_hand([(a, pa), (b, pb)], [ga, gb], 8))
+  tokens, scores, log_probs, alphas = (np.asarray(x) for x in decode.beam_search((a, b), (pa, pb), (ga, gb), 3, 8, 0.0))
+  want = (_caption_log_prob(a, pa, ga, tokens) + _caption_log_prob(b, pb, gb, tokens)) / 2
+  np.testing.assert_allclose(log_probs, want, rtol=1e-5, atol=1e-5)
+  # The attention shown is the first member's, over its 2x2 grid.
+  assert alphas.shape == (6, 3, 8, 4)
+  np.testing.assert_allclose(alphas[tokens != V.PAD_ID].sum(-1), 1.0, atol=1e-5)
+  # A grid per member that are all the same grid is that grid, to the bit; a grid too few is refused.
+  (c, pc, _) = model(3)
+  _same_bits(decode.beam_search((a, c), (pa, pc), (ga, ga), 3, 8, 1.0), decode.beam_search((a, c), (pa, pc), ga, 3, 8, 1.0))
+  with pytest.raises(ValueError, match="1 feature grids for 2 ensemble members"):
+    decode.greedy((a, b), (pa, pb), (ga,), max_len=8)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The Captioner (and through it the CLIs and the app)
 # ---------------------------------------------------------------------------------------------------------
@@ -137,13 +158,73 @@ def test_a_vocabulary_mismatch_is_refused_at_load_naming_both(trained, tmp_path)
   assert os.path.join(workdir, "checkpoints") in message and os.path.join(swapped, "checkpoints") in message
 
 
-def test_members_with_other_encoder_weights_are_refused(trained):
-  cap = Captioner.load(trained[0])
+@pytest.fixture(scope="module")
+def trained_at_32(trained, tmp_path_factory):
+  """The `trained` model's twin on a larger encoder input (32 px, a 4x4 grid instead of 3x3): another encoder."""
+  from jaxcap import train_lib
+  cfg = trained[1].copy_and_resolve_references()
+  cfg.model.image_size = 32
+  workdir = str(tmp_path_factory.mktemp("at32") / "workdir")
+  train_lib.train_and_evaluate(cfg, workdir)
+  return workdir
+
+
+def _beam_by_hand(cap, grids, k=3):
+  return [[cap.vocab.to_text(t) for t in beams]
+          for beams in np.asarray(decode.beam_search(cap.decoders, cap.decoder_params, grids, k, 20, 0.0)[0])]
+
+
+def test_members_with_other_encoder_weights_each_encode_the_image(trained):
+  workdir, cfg = trained
+  cap = Captioner.load(workdir)
   params = jax.tree.map(lambda x: x, cap.variables["params"])
-  params["encoder"] = jax.tree.map(lambda x: x + 1.0, params["encoder"])
+  params["encoder"] = jax.tree.map(lambda x: x * 1.5, params["encoder"])  # fine-tuned apart
   tuned = Captioner(cap.model, {**cap.variables, "params": params}, cap.vocab, cap.config, cap.step, "/runs/tuned")
-  with pytest.raises(CheckpointError, match=r"cannot ensemble .* and /runs/tuned: their encoder weights differ"):
-    Captioner(cap.model, cap.variables, cap.vocab, cap.config, cap.step, cap.source, [tuned])
+  ens = Captioner(cap.model, cap.variables, cap.vocab, cap.config, cap.step, cap.source, [tuned, cap])
+  pixels = np.stack([cap.preprocess(f) for f in _images(cfg)])
+  a, b, c = ens.encode_pixels(pixels)
+  np.testing.assert_array_equal(a, cap.encode_pixels(pixels))     # each member through its own encoder weights
+  np.testing.assert_array_equal(b, tuned.encode_pixels(pixels))
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(c, a)                               # the third member reads the first's grid
+  got = [[beam.caption for beam in r.beams] for r in ens.caption_pixels(pixels, 3)]
+  assert got == _beam_by_hand(ens, (a, b, a))
+
+
+def test_an_ensemble_across_input_sizes_encodes_at_the_largest_and_shows_the_first_attention(trained, trained_at_32,
+                                                                                          tmp_path, capsys):
+  from jaxcap import caption, evaluate
+  workdir, cfg = trained
+  small, large = Captioner.load(workdir), Captioner.load(trained_at_32)
+  ens = Captioner.load([workdir, trained_at_32])
+  assert (small.preprocessing.size, large.preprocessing.size, ens.preprocessing.size) == (24, 32, 32)
+  pixels = np.stack([ens.preprocess(f) for f in _images(cfg)])      # at 32 px
+  grid_small, grid_large = ens.encode_pixels(pixels)
+  # The 24-px encoder sees the pixels resized as training resizes; the 32-px one sees them as they are.
+  from jaxcap.data import images as images_lib
+  np.testing.assert_array_equal(grid_small, small.encode_pixels(np.stack([images_lib.resize(p, 24) for p in pixels])))
+  np.testing.assert_array_equal(grid_large, large.encode_pixels(pixels))
+  assert grid_small.shape[1:3] == (3, 3) and grid_large.shape[1:3] == (4, 4)
+  results = ens.caption(_images(cfg), beam_size=3)
+  assert [[b.caption for b in r.beams] for r in results] == _beam_by_hand(ens, (grid_small, grid_large))
+  # The attention shown is the first member's, over its 3x3 grid, one map per word.
+  assert all(r.attention.shape == (len(r.words), 3, 3) for r in results)
+  # The app's batching service, the CLIs and the evaluator take the mixed ensemble too.
+  from jaxcap.serving import CaptionService, Request
+  service = CaptionService(ens, buckets=(1, 2), window_s=0.0, warm=())
+  try:
+    got = [service.caption(p, Request(3, 20, 0.0), timeout=60).beam for p in pixels]
+  finally:
+    service.close()
+  assert [r.caption for r in got] == [r.caption for r in results]
+  argv = ["--checkpoint", workdir, "--checkpoint", trained_at_32]
+  assert caption.main([*argv, "--beam", "3", "--alpha", "1", "--batch_size", "3", "--format", "jsonl",
+                       *_images(cfg)]) == 0
+  want = [r.caption for r in ens.caption(_images(cfg), beam_size=3, alpha=1.0)]
+  assert [json.loads(l)["caption"] for l in capsys.readouterr().out.splitlines()] == want
+  assert evaluate.main([*argv, "--split", "test", "--beam", "3", "--no_meteor", "--batch_size", "4",
+                        "--out", str(tmp_path / "e.jsonl")]) == 0
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bleu4"] >= 0
 
 
 def test_evaluate_and_caption_clis_take_several_checkpoints(trained, tmp_path, capsys):
