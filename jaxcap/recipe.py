@@ -9,6 +9,9 @@ A recipe config (see configs/flickr8k_best.py) holds
     one (empty: no self-critical stage);
   - `seeds`: how many chains (seeds 0..n-1); with more than one, the final models are also evaluated as an
     ensemble;
+  - `encoders` (optional): chain i's encoder is encoders[i] (the base's past the end of the list); an ensemble
+    across encoders sees more than one view of each image. A chain on another encoder than the base's is named
+    after it too (xe_seed1_lite0);
   - `self_critical_seeds`: how many of them (the first ones) go on to the self-critical run; the others end
     with cross-entropy;
   - `ensemble_cross_entropy` (default False): the ensemble also takes the cross-entropy models the
@@ -49,16 +52,22 @@ def chains(recipe: ml_collections.ConfigDict, workdir: str) -> list[list[tuple[s
   from jaxcap.config_check import ConfigError
   if not 0 <= recipe.self_critical_seeds <= recipe.seeds:
     raise ConfigError(f"recipe self_critical_seeds={recipe.self_critical_seeds}: must be 0..seeds ({recipe.seeds})")
+  encoders = list(recipe.get("encoders", None) or [])
+  if len(encoders) > recipe.seeds:
+    raise ConfigError(f"recipe encoders: {len(encoders)} given for {recipe.seeds} seeds")
   out = []
   for seed in range(recipe.seeds):
     xe = recipe.base.copy_and_resolve_references()
     xe.seed = seed
-    chain = [(os.path.join(workdir, f"xe_seed{seed}"), xe)]
+    xe.model.encoder = encoders[seed] if seed < len(encoders) else xe.model.encoder
+    name = f"seed{seed}" + ("" if xe.model.encoder == recipe.base.model.encoder else
+                            "_" + xe.model.encoder.removeprefix("efficientnet_"))
+    chain = [(os.path.join(workdir, f"xe_{name}"), xe)]
     if recipe.self_critical and seed < recipe.self_critical_seeds:
       sc = xe.copy_and_resolve_references()
       sc.train.update(recipe.self_critical)
       sc.train.init_from = chain[0][0]
-      chain.append((os.path.join(workdir, f"scst_seed{seed}"), sc))
+      chain.append((os.path.join(workdir, f"scst_{name}"), sc))
     out.append(chain)
   return out
 
@@ -88,10 +97,10 @@ def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x
   from jaxcap import evaluate, pretrained, train_lib, train_state
 
   t0, result = time.time(), {"stages": {}}
-  base = recipe.base
-  if base.model.pretrained == "default" and not os.path.exists(train_state.weights_path(base)):
-    log(f"converting the {base.model.encoder} ImageNet weights (once)")
-    pretrained.convert(base.model.encoder)
+  for stage_dir, config in stages(recipe, workdir):
+    if config.model.pretrained == "default" and not os.path.exists(train_state.weights_path(config)):
+      log(f"converting the {config.model.encoder} ImageNet weights (once)")
+      pretrained.convert(config.model.encoder)
   for stage_dir, config in stages(recipe, workdir):
     log(f"\n== {os.path.basename(stage_dir)} ({time.time() - t0:.0f} s into the recipe)")
     t = time.time()

@@ -59,6 +59,18 @@ def test_recipe_chains_stages_per_seed_evaluates_single_and_ensemble_and_a_rerun
   assert steps == sorted(set(steps))  # no step trained twice
 
 
+def test_a_chain_on_another_encoder_trains_on_it_and_is_named_after_it(tiny_config):
+  from jaxcap.config_check import ConfigError
+  c = _recipe(tiny_config, "", seeds=3, self_critical_seeds=1)
+  c.encoders = ["small_cnn", "resnet18"]
+  got = [(os.path.basename(d), cfg.model.encoder, cfg.seed) for d, cfg in recipe.stages(c, "w")]
+  assert got == [("xe_seed0", "small_cnn", 0), ("scst_seed0", "small_cnn", 0), ("xe_seed1_resnet18", "resnet18", 1),
+                 ("xe_seed2", "small_cnn", 2)]
+  c.encoders = ["small_cnn"] * 4
+  with pytest.raises(ConfigError, match="4 given for 3 seeds"):
+    recipe.stages(c, "w")
+
+
 @pytest.mark.slow
 def test_a_signal_to_the_recipe_saves_the_running_stage_and_starts_no_other(tiny_config, tmp_path):
   import signal
@@ -90,14 +102,16 @@ def test_recipe_without_a_config_is_one_line():
   assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --config is required")
 
 
-def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_entropy_seeds_0_and_1():
+def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_entropy_seed0_and_seed1_on_lite0():
   from configs import flickr8k_best
   c = flickr8k_best.get_config()
-  got = [(os.path.basename(w), s.train.regime, s.train.init_from, s.seed) for w, s in recipe.stages(c, "/w")]
-  assert got == [("xe_seed0", "cached", "", 0), ("scst_seed0", "self_critical", "/w/xe_seed0", 0),
-                 ("xe_seed1", "cached", "", 1)]
-  assert recipe.final_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed1"]
-  assert recipe.ensemble_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed0", "/w/xe_seed1"]
+  got = [(os.path.basename(w), s.train.regime, s.train.init_from, s.seed, s.model.encoder)
+         for w, s in recipe.stages(c, "/w")]
+  assert got == [("xe_seed0", "cached", "", 0, "efficientnet_lite1"),
+                 ("scst_seed0", "self_critical", "/w/xe_seed0", 0, "efficientnet_lite1"),
+                 ("xe_seed1_lite0", "cached", "", 1, "efficientnet_lite0")]
+  assert recipe.final_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed1_lite0"]
+  assert recipe.ensemble_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed0", "/w/xe_seed1_lite0"]
 
 
 def test_only_the_first_self_critical_seeds_go_on_to_self_critical_and_a_bad_count_is_refused(tiny_config):
