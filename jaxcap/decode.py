@@ -65,8 +65,8 @@ def _step(decoders, params, consts, carries, tokens, n: int):
 
 
 def _attention_size(decoders, grids) -> int:
-  """Positions of the attention maps returned: the first attending member's grid (members on other grids
-  are left out of the map), 0 when no member attends."""
+  """Positions of the attention maps returned: the first attending member's grid (members on grids of another
+  size are left out of the map), 0 when no member attends."""
   return next((g.shape[1] * g.shape[2] for d, g in zip(decoders, grids) if d.mode == "attend"), 0)
 
 

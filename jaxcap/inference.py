@@ -10,7 +10,7 @@ read through `jaxcap.checkpoint` and captions decoded through `jaxcap.evaluator`
 An ensemble's members must share the vocabulary (the mean is taken word by word); anything else may differ.
 Each distinct encoder (architecture, input size, weights) encodes an image once and its members share the grid.
 The ensemble's pixels are at its largest encoder input size; an encoder that takes fewer pixels resizes them
-(the training pipeline's resize) to its own.
+again (the training pipeline's resize) to its own.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class Captioner:
   @classmethod
   def load(cls, path: str | Sequence[str], warn: Callable[[str], None] = lambda s: None) -> "Captioner":
     """A workdir's best-on-dev checkpoint (or a step dir); several paths make an ensemble (CheckpointError, one
-    line naming both, when two members differ in vocabulary or encoder). One that cannot be read is reported
+    line naming both, when two members differ in vocabulary). One that cannot be read is reported
     through `warn` in one line and the next best is used; CheckpointError (one line) when none can be read."""
     first, *others = [cls._load_one(p, warn) for p in ([path] if isinstance(path, str) else path)]
     cap = cls(first.model, first.variables, first.vocab, first.config, first.step, first.source, others)
@@ -103,7 +103,9 @@ class Captioner:
     return cap
 
   def preprocess(self, image: images_lib.ImageInput, name: str | None = None) -> np.ndarray:
-    """The exact uint8 pixels [S, S, 3] the encoder sees (the training pipeline's decode and resize)."""
+    """The uint8 pixels [S, S, 3] the encoder sees (the training pipeline's decode and resize). In an ensemble,
+    at its largest encoder input: an encoder that takes fewer resizes them again, so it sees the image resized
+    twice where training resized it once."""
     return images_lib.resize(images_lib.read_image(image, name), self.preprocessing.size)
 
   def encode(self, pixels: np.ndarray) -> jax.Array | tuple[jax.Array, ...]:

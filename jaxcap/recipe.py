@@ -52,9 +52,18 @@ def chains(recipe: ml_collections.ConfigDict, workdir: str) -> list[list[tuple[s
   from jaxcap.config_check import ConfigError
   if not 0 <= recipe.self_critical_seeds <= recipe.seeds:
     raise ConfigError(f"recipe self_critical_seeds={recipe.self_critical_seeds}: must be 0..seeds ({recipe.seeds})")
+  from jaxcap.models.encoders import NAMES
   encoders = list(recipe.get("encoders", None) or [])
   if len(encoders) > recipe.seeds:
     raise ConfigError(f"recipe encoders: {len(encoders)} given for {recipe.seeds} seeds")
+  for e in encoders:
+    if e not in NAMES:
+      raise ConfigError(f"recipe encoders: unknown encoder {e!r}; choose from {', '.join(NAMES)}")
+    # A weights file names one encoder; "default" finds each encoder's own.
+    if e != recipe.base.model.encoder and recipe.base.model.pretrained not in ("", "default"):
+      raise ConfigError(f"recipe encoders: {e!r} differs from the base's {recipe.base.model.encoder!r}, whose "
+                        f"pretrained weights file {recipe.base.model.pretrained!r} it cannot load; use "
+                        "model.pretrained='default'")
   out = []
   for seed in range(recipe.seeds):
     xe = recipe.base.copy_and_resolve_references()
