@@ -46,6 +46,18 @@ class Decoded:
   alphas: np.ndarray                 # [N, K, max_len, h*w] attention of every token (attend mode)
 
 
+def map_grids(fn: Callable, *grids):
+  """jax.tree.map over grids (an array, or a tuple of them: one per ensemble member) that calls fn once for
+  slots holding the same objects, so members sharing an encoder keep sharing one array (not a copy each)."""
+  out, done = [], {}
+  for xs in zip(*(jax.tree.leaves(g) for g in grids)):
+    key = tuple(map(id, xs))
+    if key not in done:
+      done[key] = fn(*xs)
+    out.append(done[key])
+  return jax.tree.unflatten(jax.tree.structure(grids[0]), out)
+
+
 def rows(grids) -> int:
   """Images in grids: an array [N, h, w, C] (or FeatureRows), or a tuple of them (one per ensemble member)."""
   return len(jax.tree.leaves(grids)[0])
@@ -58,8 +70,8 @@ def decode_grids(decoder, params, grids, settings: Settings) -> Decoded:
   for i in range(0, total, settings.batch_size):
     n = min(settings.batch_size, total - i)
     # grids may be on disk (feature_cache.FeatureRows)
-    g = jax.tree.map(lambda x: jnp.asarray(batching.pad_rows(np.asarray(x[i:i + n]), settings.batch_size)),  # noqa: B023
-                     grids)
+    g = map_grids(lambda x: jnp.asarray(batching.pad_rows(np.asarray(x[i:i + n]), settings.batch_size)),  # noqa: B023
+                  grids)
     if settings.beam_size <= 1:
       tokens, alphas = decode.greedy(decoder, params, g, settings.max_len)
       tokens, alphas = np.asarray(tokens)[:n, None], np.asarray(alphas)[:n, None]

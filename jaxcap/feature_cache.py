@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from jaxcap import paths
 from jaxcap.data import DataError, pipeline
-from jaxcap.evaluator import SplitInputs
+from jaxcap.evaluator import SplitInputs, map_grids
 
 
 def directory(root: str, dataset_dir: str, encoder_name: str, weights_file: str | None, seed: int,
@@ -214,7 +214,7 @@ def encode_batches(builder, split: str, encode: Callable, preprocessing, batch_s
     k = int(batch["valid"].sum())
     if limit:
       k = min(k, limit - seen)
-    grids = jax.tree.map(lambda g: np.asarray(g)[:k], encode(batch["image"]))  # noqa: B023
+    grids = map_grids(lambda g: np.asarray(g)[:k], encode(batch["image"]))  # noqa: B023
     yield [f.decode() for f in batch["filename"][:k]], grids, pipeline.references(batch)[:k]
     seen += k
     if limit and seen >= limit:
@@ -234,7 +234,7 @@ def encode_split(encode: Callable, builder, split: str, preprocessing, batch_siz
     refs += r
     bar.update(len(batch_names))
   bar.close()
-  return SplitInputs(names, jax.tree.map(lambda *gs: np.concatenate(gs), *grids), refs)
+  return SplitInputs(names, map_grids(lambda *gs: np.concatenate(gs), *grids), refs)
 
 
 def extract(builder, split: str, encoder, variables, directory: str, batch_size: int = 32,

@@ -128,9 +128,9 @@ class Captioner:
     parts = []
     for i in range(0, len(pixels), batch_size):
       n = len(pixels[i:i + batch_size])
-      parts.append(jax.tree.map(lambda g: np.asarray(g)[:n],  # noqa: B023
-                                self.encode(batching.pad_rows(pixels[i:i + batch_size], batch_size))))
-    return jax.tree.map(lambda *gs: np.concatenate(gs), *parts)
+      parts.append(evaluator.map_grids(lambda g: np.asarray(g)[:n],  # noqa: B023
+                                       self.encode(batching.pad_rows(pixels[i:i + batch_size], batch_size))))
+    return evaluator.map_grids(lambda *gs: np.concatenate(gs), *parts)
 
   def decode(self, grids: np.ndarray | tuple, beam_size: int = 1, max_len: int = 20, alpha: float = 0.0,
              batch_size: int | None = None) -> list[Result]:
