@@ -48,17 +48,16 @@ flags.DEFINE_string("workdir", None, "Every stage's workdir goes under it (defau
 
 def chains(recipe: ml_collections.ConfigDict, workdir: str) -> list[list[tuple[str, ml_collections.ConfigDict]]]:
   """Every seed's runs, (workdir, training config) in the order they run: cross-entropy, then self-critical from
-  it for the first `self_critical_seeds` seeds."""
+  it for the first `self_critical_seeds` seeds. Every stage's config is checked (`config_check`) before any
+  stage trains."""
+  from jaxcap import config_check
   from jaxcap.config_check import ConfigError
   if not 0 <= recipe.self_critical_seeds <= recipe.seeds:
     raise ConfigError(f"recipe self_critical_seeds={recipe.self_critical_seeds}: must be 0..seeds ({recipe.seeds})")
-  from jaxcap.models.encoders import NAMES
   encoders = list(recipe.get("encoders", None) or [])
   if len(encoders) > recipe.seeds:
     raise ConfigError(f"recipe encoders: {len(encoders)} given for {recipe.seeds} seeds")
   for e in encoders:
-    if e not in NAMES:
-      raise ConfigError(f"recipe encoders: unknown encoder {e!r}; choose from {', '.join(NAMES)}")
     # A weights file names one encoder; "default" finds each encoder's own.
     if e != recipe.base.model.encoder and recipe.base.model.pretrained not in ("", "default"):
       raise ConfigError(f"recipe encoders: {e!r} differs from the base's {recipe.base.model.encoder!r}, whose "
@@ -77,6 +76,11 @@ def chains(recipe: ml_collections.ConfigDict, workdir: str) -> list[list[tuple[s
       sc.train.update(recipe.self_critical)
       sc.train.init_from = chain[0][0]
       chain.append((os.path.join(workdir, f"scst_{name}"), sc))
+    for stage_dir, config in chain:
+      try:
+        config_check.check(config)
+      except ConfigError as e:
+        raise ConfigError(f"recipe stage {os.path.basename(stage_dir)}: {e}") from None
     out.append(chain)
   return out
 

@@ -70,7 +70,8 @@ def test_a_chain_on_another_encoder_trains_on_it_and_is_named_after_it(tiny_conf
   with pytest.raises(ConfigError, match="4 given for 3 seeds"):
     recipe.stages(c, "w")
   c.encoders = ["small_cnn", "efficientnet_lite9"]
-  with pytest.raises(ConfigError, match="unknown encoder 'efficientnet_lite9'"):
+  with pytest.raises(ConfigError, match=r"stage xe_seed1_lite9: config model.encoder='efficientnet_lite9' is not "
+                                        r"allowed: must be one of small_cnn, efficientnet_lite0"):
     recipe.stages(c, "w")
   c.encoders, c.base.model.pretrained = ["small_cnn", "resnet18"], "/weights/small_cnn.msgpack"
   with pytest.raises(ConfigError, match="'resnet18' differs from the base's 'small_cnn'.*cannot load"):
