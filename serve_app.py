@@ -243,7 +243,9 @@ def main():
   for warning in cap.warnings:  # a damaged best checkpoint: the app runs on the next one, and says so
     st.warning(warning)
   members = "; ".join(f"{m.config.model.encoder} + {m.mode} decoder, step {m.step}" for m in cap.members)
-  st.caption(f"model: {members}, {len(cap.vocab)} words")
+  rerank = (f"; beams re-ranked by consensus with the {cap.reranker.index.k} nearest train photos (weight "
+            f"{cap.reranker.index.weight:g})" if cap.reranker else "")
+  st.caption(f"model: {members}, {len(cap.vocab)} words{rerank}")
   uploads = st.file_uploader("Photos", type=UPLOAD_TYPES, accept_multiple_files=True)
   files = [(u.name, u.getvalue()) for u in uploads or []]
   if st.checkbox("try sample photos from the test split"):

@@ -337,6 +337,12 @@ def find(path: str) -> list[Ref]:
   return found
 
 
+def workdir_of(step_path: str) -> str:
+  """The workdir a checkpoint "<workdir>/checkpoints/<step>" (or best/<step>) belongs to, where files that go
+  with its model but not in a save live (e.g. `jaxcap.consensus`'s index)."""
+  return os.path.dirname(os.path.dirname(os.path.abspath(step_path.rstrip("/"))))
+
+
 def load(path: str, warn: Callable[[str], None] = lambda s: None) -> tuple[dict, dict, str]:
   """(state as saved, meta, "<directory>/<step>") of the best checkpoint `path` names that can be read. One
   that cannot is reported through `warn` in one line (naming it and the reason) and the next is tried; the

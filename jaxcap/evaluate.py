@@ -10,13 +10,15 @@ of per-image predictions (caption, beams, references, per-image BLEU-4) and prin
 stdout is one JSON object with the metrics. Without --data_dir the dataset named in the checkpoint's config
 is used (whatever its data.dataset: Flickr8k, a Karpathy JSON, tfds:<name>). With several --alphas, each
 length penalty (and with several --beam, each beam size) is evaluated on the same encoded images (tune on
-dev, report on test). Several --checkpoint make an ensemble (same vocabulary, any encoders; every step
+dev, report on test). When the first checkpoint's workdir has a consensus index (`python -m jaxcap.consensus`),
+beam search's captions are re-ranked by it (--rerank_weights: the weights to try, 0 = off). Several --checkpoint make an ensemble (same vocabulary, any encoders; every step
 scores words by the mean of the members' log-probabilities): images are encoded once per distinct encoder, and
 the dataset is the first checkpoint's.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -31,6 +33,10 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--split", default="test", choices=("train", "dev", "test"))
   p.add_argument("--beam", type=int, nargs="+", default=[3], help="beam size(s); 1 = greedy")
   p.add_argument("--alphas", type=float, nargs="+", default=[1.0], help="length penalty exponent(s); 1.0 was best on Flickr8k dev")
+  p.add_argument("--rerank_weights", type=float, nargs="+", default=[None],
+                 help="consensus reranking weight(s) when the first checkpoint's workdir has a consensus index "
+                 "(`python -m jaxcap.consensus`); 0 = off; default: the index's")
+  p.add_argument("--rerank_k", type=int, default=None, help="neighbours of consensus reranking (default: the index's)")
   p.add_argument("--max_len", type=int, default=20)
   p.add_argument("--batch_size", type=int, default=50)
   p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
@@ -80,14 +86,20 @@ def run(a: argparse.Namespace, log=lambda *x: print(*x, file=sys.stderr)) -> dic
                                       progress=True)
   encode_s = time.time() - t0
   results = []
-  for beam in a.beam:
-    for alpha in a.alphas:
-      t1 = time.time()
-      settings = evaluator.Settings(beam, a.max_len, alpha, a.batch_size)
-      ev = evaluator.evaluate(cap.decoders, cap.decoder_params, inputs, settings, cap.vocab,
-                              scorer=lambda h, r: metrics.all_metrics(h, r, meteor=not a.no_meteor))
-      results.append({"beam": beam, "alpha": alpha, **ev.metrics, "decode_s": time.time() - t1,
-                      "hyps": ev.captions, "beams": [[{"caption": c, "score": s} for c, s in b] for b in ev.beams]})
+  rr = cap.reranker
+  if rr is None and a.rerank_weights != [None]:
+    log(f"no consensus index in the workdir of {cap.source} (`python -m jaxcap.consensus`): --rerank_weights ignored")
+  if rr is not None:
+    log(f"beams re-ranked by consensus with the nearest train images ({rr.index.encoder}, "
+        f"k={a.rerank_k or rr.index.k}); --rerank_weights 0 turns it off")
+  for beam, alpha, weight in itertools.product(a.beam, a.alphas, a.rerank_weights if rr else [None]):
+    t1 = time.time()
+    settings = evaluator.Settings(beam, a.max_len, alpha, a.batch_size, a.rerank_k, weight)
+    ev = evaluator.evaluate(cap.decoders, cap.decoder_params, inputs, settings, cap.vocab,
+                            scorer=lambda h, r: metrics.all_metrics(h, r, meteor=not a.no_meteor), rerank=rr)
+    rerank = (rr.index.weight if weight is None else weight) if rr and beam > 1 else 0.0
+    results.append({"beam": beam, "alpha": alpha, "rerank": rerank, **ev.metrics, "decode_s": time.time() - t1,
+                    "hyps": ev.captions, "beams": [[{"caption": c, "score": s} for c, s in b] for b in ev.beams]})
 
   best = results[0]
   ensemble = f"_ensemble{len(cap.members)}" if len(cap.members) > 1 else ""
@@ -98,11 +110,11 @@ def run(a: argparse.Namespace, log=lambda *x: print(*x, file=sys.stderr)) -> dic
       f.write(json.dumps({"image": name, "caption": h, "beams": b, "references": r,
                           "bleu4": metrics.sentence_bleu4(h, r)}) + "\n")
   cols = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "bleu4_coco", "dangling"]
-  log(f"\n{'beam':>4} {'alpha':>6} " + " ".join(f"{c:>8}" for c in cols) + f" {'decode s':>9}")
+  log(f"\n{'beam':>4} {'alpha':>6} {'rerank':>6} " + " ".join(f"{c:>8}" for c in cols) + f" {'decode s':>9}")
   for r in results:
-    log(f"{r['beam']:4d} {r['alpha']:6.2f} " + " ".join(f"{r[c]:8.4f}" if r[c] is not None else f"{'-':>8}" for c in cols)
-        + f" {r['decode_s']:9.1f}")
-  log(f"per-image predictions of beam {best['beam']}, alpha={best['alpha']:g}: {out}")
+    log(f"{r['beam']:4d} {r['alpha']:6.2f} {r['rerank']:6.2f} "
+        + " ".join(f"{r[c]:8.4f}" if r[c] is not None else f"{'-':>8}" for c in cols) + f" {r['decode_s']:9.1f}")
+  log(f"per-image predictions of beam {best['beam']}, alpha={best['alpha']:g}, rerank={best['rerank']:g}: {out}")
   summary = {"checkpoint": source, "split": a.split, "images": n, "max_len": a.max_len,
              "encode_s": encode_s, "total_s": time.time() - t0,
              "results": [{k: v for k, v in r.items() if k not in ("hyps", "beams")} for r in results]}

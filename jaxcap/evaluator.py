@@ -21,11 +21,14 @@ from jaxcap.data.vocab import Vocab
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """How to decode: beam_size 1 is greedy; alpha is the GNMT length penalty of beam search."""
+  """How to decode: beam_size 1 is greedy; alpha is the GNMT length penalty of beam search; rerank_k and
+  rerank_weight override a consensus index's own (`jaxcap.consensus`; weight 0: no reranking)."""
   beam_size: int = 1
   max_len: int = 20
   alpha: float = 0.0
   batch_size: int = 64
+  rerank_k: int | None = None
+  rerank_weight: float | None = None
 
 
 @dataclasses.dataclass
@@ -63,10 +66,13 @@ def rows(grids) -> int:
   return len(jax.tree.leaves(grids)[0])
 
 
-def decode_grids(decoder, params, grids, settings: Settings) -> Decoded:
+def decode_grids(decoder, params, grids, settings: Settings, rerank: Callable | None = None) -> Decoded:
   """Greedy or beam-search captions for grids [N, h, w, C], in batches of settings.batch_size. `decoder` and
-  `params` may be tuples: an ensemble (`jaxcap.decode`), and then `grids` too: one per member."""
+  `params` may be tuples: an ensemble (`jaxcap.decode`), and then `grids` too: one per member. `rerank`
+  (`jaxcap.consensus.Reranker`) re-orders each image's beams: (first member's grids, tokens, scores, settings)
+  -> (order, new scores), or None to keep them."""
   parts, total = [], rows(grids)
+  decoders = decode.members(decoder, params)[0]
   for i in range(0, total, settings.batch_size):
     n = min(settings.batch_size, total - i)
     # grids may be on disk (feature_cache.FeatureRows)
@@ -79,6 +85,11 @@ def decode_grids(decoder, params, grids, settings: Settings) -> Decoded:
     else:
       tokens, scores, log_probs, alphas = (np.asarray(a)[:n] for a in decode.beam_search(
           decoder, params, g, settings.beam_size, settings.max_len, settings.alpha))
+      reranked = rerank and rerank(np.asarray(decode.member_grids(decoders, g)[0])[:n], tokens, scores, settings)
+      if reranked:
+        order, scores = reranked
+        tokens, log_probs, alphas = (np.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), 1)
+                                     for a in (tokens, log_probs, alphas))
     parts.append((tokens, scores, log_probs, alphas))
   return Decoded(*(np.concatenate(p) for p in zip(*parts)))
 
@@ -91,9 +102,11 @@ class Evaluation:
 
 
 def evaluate(decoder, params, inputs: SplitInputs, settings: Settings, vocab: Vocab,
-             scorer: Callable[[Sequence[str], Sequence[Sequence[str]]], dict] = metrics.bleu) -> Evaluation:
-  """Decodes every grid of `inputs` and scores the best captions against the references."""
-  out = decode_grids(decoder, params, inputs.grids, settings)
+             scorer: Callable[[Sequence[str], Sequence[Sequence[str]]], dict] = metrics.bleu,
+             rerank: Callable | None = None) -> Evaluation:
+  """Decodes every grid of `inputs` (beams re-ranked by `rerank`, see `decode_grids`) and scores the best
+  captions against the references."""
+  out = decode_grids(decoder, params, inputs.grids, settings, rerank)
   beams = [[(vocab.to_text(t), float(s)) for t, s in zip(toks, scores)]
            for toks, scores in zip(out.tokens, out.scores)]
   captions = [b[0][0] for b in beams]

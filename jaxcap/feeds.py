@@ -218,10 +218,7 @@ class CachedFeatures(TrainRows):
     self.config, self.builder, self.model = config, builder, model
     [self._objective] = self.step_objectives(config).values()
     self.enc_vars = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
-    self.directory = feature_cache.directory(  # keyed by the prepared dataset (an adapter's cache_id)
-        config.data.feature_cache_dir, getattr(builder, "cache_id", builder.data_dir), config.model.encoder,
-        train_state.weights_path(config) if config.model.pretrained else None, config.seed,
-        model.encoder.preprocessing.size)
+    self.directory = self.cache_directory(config, builder, model.encoder.preprocessing.size)
     t0 = time.time()
     names, train_rows = self._features("train", verbose)
     if names != train[0]:
@@ -230,6 +227,14 @@ class CachedFeatures(TrainRows):
     self.dev_caps = dev[1]
     log(f"features ready in {time.time() - t0:.0f}s: {self.directory} train {train_rows.shape}")
     self.dev_feats = self._place(config, train_rows, train, vocab, log, {"dev": dev_rows}, "grids")["dev"]
+
+  @staticmethod
+  def cache_directory(config, builder, size: int) -> str:
+    """Where a config's frozen-encoder grids are cached: keyed by the prepared dataset (an adapter's
+    cache_id), the encoder, its weights and input size."""
+    return feature_cache.directory(
+        config.data.feature_cache_dir, getattr(builder, "cache_id", builder.data_dir), config.model.encoder,
+        train_state.weights_path(config) if config.model.pretrained else None, config.seed, size)
 
   def _features(self, split: str, verbose: bool = False):
     return feature_cache.extract(self.builder, split, self.model.encoder, self.enc_vars, self.directory,

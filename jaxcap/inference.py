@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcap import checkpoint, evaluator
+from jaxcap import checkpoint, consensus, evaluator
 from jaxcap.checkpoint import CheckpointError  # noqa: F401  (what `load` raises)
 from jaxcap.data import batching
 from jaxcap.data import images as images_lib
@@ -35,7 +35,8 @@ from jaxcap.models.caption_model import CaptionModel, encode_fn, make_model
 @dataclasses.dataclass
 class Beam:
   caption: str
-  score: float          # log-probability / length penalty (the ranking score)
+  score: float          # the ranking score: log-probability / length penalty (+ weight x consensus CIDEr-D when
+                        # re-ranked, `jaxcap.consensus`)
   log_prob: float
 
 
@@ -55,6 +56,9 @@ class Captioner:
     self.model, self.variables, self.vocab, self.config = model, variables, vocab, config
     self.step, self.source = step, source
     self.warnings: list[str] = []
+    # Beam search's captions re-ranked by consensus with the nearest train images (`jaxcap.consensus`), when
+    # the first member's workdir has an index (`load` finds it).
+    self.reranker: consensus.Reranker | None = None
     self.mode = model.decoder.mode
     self._encode = encode_fn(model)
     for other in others:
@@ -78,6 +82,13 @@ class Captioner:
     first, *others = [cls._load_one(p, warn) for p in ([path] if isinstance(path, str) else path)]
     cap = cls(first.model, first.variables, first.vocab, first.config, first.step, first.source, others)
     cap.warnings = [w for m in (first, *others) for w in m.warnings]
+    try:
+      index = consensus.find(cap)
+    except consensus.ConsensusError as e:
+      cap.warnings.append(f"warning: {e}; captions are not re-ranked")
+      warn(cap.warnings[-1])
+      index = None
+    cap.reranker = consensus.Reranker(index, cap.vocab) if index is not None else None
     return cap
 
   @classmethod
@@ -137,7 +148,8 @@ class Captioner:
     """Captions for feature grids [N, h, w, C] (from `encode_pixels`), through `evaluator.decode_grids` in
     batches of `batch_size` (default: all N at once). One compilation per (batch size, beam, max_len)."""
     out = evaluator.decode_grids(self.decoders, self.decoder_params, grids,
-                                 evaluator.Settings(beam_size, max_len, alpha, batch_size or evaluator.rows(grids)))
+                                 evaluator.Settings(beam_size, max_len, alpha, batch_size or evaluator.rows(grids)),
+                                 self.reranker)
     # Attention maps are over the first attending member's grid (`jaxcap.decode`).
     h, w = next((g.shape[1:3] for m, g in zip(self.members, member_grids(self.decoders, grids))
                  if m.mode == "attend"), (0, 0))

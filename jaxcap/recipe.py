@@ -16,7 +16,10 @@ A recipe config (see configs/flickr8k_best.py) holds
     with cross-entropy;
   - `ensemble_cross_entropy` (default False): the ensemble also takes the cross-entropy models the
     self-critical ones started from (else only each chain's last model);
-  - `beam`, `alpha`: the test decoding.
+  - `beam`, `alpha`: the test decoding;
+  - `consensus` (optional, e.g. dict(k=15, weight=4.0)): before the test evaluations, a consensus index
+    (`jaxcap.consensus`) is built in the first chain's last stage, the first member of both evaluations, and
+    beam search's captions are re-ranked by it.
 Every stage is an ordinary training run in <workdir>/<stage> (xe_seed0, scst_seed0, ...), so a rerun after a
 crash resumes the stage it was in and passes over finished ones; a stage stopped by a signal (Ctrl-C, SIGTERM)
 saves, and the recipe stops there (the next stage must not start from a half-trained model) and says to rerun.
@@ -107,7 +110,7 @@ class StageStopped(Exception):
 
 
 def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x, file=sys.stderr, flush=True)):
-  from jaxcap import evaluate, pretrained, train_lib, train_state
+  from jaxcap import consensus, evaluate, pretrained, train_lib, train_state
 
   t0, result = time.time(), {"stages": {}}
   for stage_dir, config in stages(recipe, workdir):
@@ -124,6 +127,11 @@ def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x
         "wall_s": time.time() - t, **{k: v for k, v in r.items() if k.startswith(("best_", "test_", "dev_"))
                                       and not k.endswith("example")}}
   members = ensemble_models(recipe, workdir)
+  if recipe.get("consensus", None):
+    t = time.time()
+    log(f"\n== consensus index ({time.time() - t0:.0f} s into the recipe)")
+    consensus.write(final_models(recipe, workdir)[0], k=recipe.consensus.k, weight=recipe.consensus.weight, log=log)
+    result["consensus_s"] = time.time() - t
   evals = {"single": final_models(recipe, workdir)[:1]} | (
       {f"ensemble{len(members)}": members} if len(members) > 1 else {})
   for name, checkpoints in evals.items():

@@ -23,6 +23,7 @@ def _recipe(tiny_config, encoder_file, seeds=2, self_critical_seeds=2):
       num_steps=4, batch_size=4, eval_every=2, checkpoint_every=2))
   c.seeds, c.self_critical_seeds, c.beam, c.alpha = seeds, self_critical_seeds, 2, 1.0
   c.ensemble_cross_entropy = False
+  c.consensus = ml_collections.ConfigDict(dict(k=3, weight=1.0))
   return c
 
 
@@ -47,8 +48,11 @@ def test_recipe_chains_stages_per_seed_evaluates_single_and_ensemble_and_a_rerun
   single, ensemble = result["single"], result["ensemble2"]
   assert single["checkpoint"].startswith(os.path.join(workdir, "scst_seed0"))
   assert " + " in ensemble["checkpoint"] and "scst_seed1" in ensemble["checkpoint"]
+  # Both evaluations re-rank beams by the consensus index built in their first member's workdir.
+  assert os.path.exists(os.path.join(workdir, "scst_seed0", "consensus.npz")) and result["consensus_s"] >= 0
   for r in (single, ensemble):
     assert r["split"] == "test" and r["beam"] == 2 and 0 <= r["bleu4"] <= 1 and r["cider"] >= 0
+    assert r["rerank"] == 1.0
     assert 0 <= r["dangling"] <= 1
   assert json.load(open(os.path.join(workdir, "recipe.json")))["single"]["bleu4"] == single["bleu4"]
 
@@ -119,6 +123,7 @@ def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_ent
                  ("xe_seed1_lite0", "cached", "", 1, "efficientnet_lite0")]
   assert recipe.final_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed1_lite0"]
   assert recipe.ensemble_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed0", "/w/xe_seed1_lite0"]
+  assert (c.beam, c.consensus.k, c.consensus.weight) == (20, 15, 4.0)  # consensus reranking chosen on dev
 
 
 def test_only_the_first_self_critical_seeds_go_on_to_self_critical_and_a_bad_count_is_refused(tiny_config):

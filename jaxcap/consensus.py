@@ -1,0 +1,217 @@
+"""Consensus reranking (Devlin et al. 2015, "Exploring nearest neighbor approaches for image captioning"; Mao et
+al. 2015): beam search's captions of a photo re-ranked by how well they agree with what people wrote about the
+training photos that look most like it.
+
+    python -m jaxcap.consensus --checkpoint workdirs/flickr8k_lite0 [--data_dir DIR] [--k 15 --weight 4]
+
+writes <workdir>/consensus.npz: every train image's grid from the checkpoint's encoder, mean-pooled and
+L2-normalized, with the image's reference captions. A `Captioner` loaded from that workdir (the first member of
+an ensemble) finds it, and every beam search it runs (the evaluator, `jaxcap.caption`, the batching service and
+the app) ranks the beams by
+
+    beam score + weight * CIDEr-D(caption, the references of the k train images nearest the photo)
+
+(nearest: cosine of the pooled grids; CIDEr-D: `jaxcap.cider`, with the train references' document
+frequencies). k and weight are stored with the index (chosen on dev); `evaluator.Settings` can override them,
+and weight 0 turns reranking off. Greedy decoding has nothing to rerank.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from jaxcap.cider import CiderD
+from jaxcap.data import vocab as vocab_lib
+
+FILENAME = "consensus.npz"
+_FORMAT = 1
+
+
+class ConsensusError(Exception):
+  """An index file that cannot be used (one line naming it and why)."""
+
+
+@dataclasses.dataclass
+class Index:
+  features: np.ndarray               # [N, C] float16, mean-pooled train grids, L2-normalized
+  references: list[list[str]]        # [N] normalized reference captions of each train image
+  encoder: str                       # the encoder the grids came from (name-size), checked against the query's
+  k: int = 15                        # neighbours whose references a caption is scored against
+  weight: float = 4.0                # consensus CIDEr-D's weight beside the beam score
+
+  def __post_init__(self):
+    self.scorer = CiderD(self.references)
+
+  def save(self, path: str) -> None:
+    tmp = path + f".tmp{os.getpid()}.npz"  # np.savez adds .npz to names without it
+    meta = {"format": _FORMAT, "encoder": self.encoder, "k": self.k, "weight": self.weight,
+            "references": self.references}
+    np.savez(tmp, features=self.features, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    os.replace(tmp, path)  # a crash never leaves half an index under the real name
+
+  @classmethod
+  def load(cls, path: str) -> "Index":
+    try:
+      with np.load(path) as f:
+        features, meta = f["features"], json.loads(f["meta"].tobytes())
+    except Exception as e:  # noqa: BLE001  (zip, npy and JSON errors alike: a damaged file)
+      raise ConsensusError(f"{path}: not a readable consensus index ({type(e).__name__}: {e}); rebuild it with "
+                           "`python -m jaxcap.consensus --checkpoint <workdir>`") from None
+    if meta.get("format") != _FORMAT or len(meta["references"]) != len(features):
+      raise ConsensusError(f"{path}: unknown format or {len(features)} grids for {len(meta['references'])} "
+                           "caption sets; rebuild it")
+    return cls(features, meta["references"], meta["encoder"], meta["k"], meta["weight"])
+
+  def neighbours(self, grids: np.ndarray, k: int) -> np.ndarray:
+    """[B, k] train rows nearest each grid of [B, h, w, C] (cosine of the mean-pooled grids)."""
+    sims = pool(grids).astype(np.float32) @ self.features.T.astype(np.float32)
+    k = min(k, sims.shape[1])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 1), axis=1), 1)
+
+  def consensus(self, grids: np.ndarray, captions: Sequence[Sequence[str]], k: int) -> np.ndarray:
+    """[B, K] CIDEr-D of captions[b][j] (normalized text) against the references of grid b's k nearest train
+    images."""
+    near = self.neighbours(grids, k)
+    refs = [[r for i in row for r in self.references[i]] for row in near]
+    flat = [c for cs in captions for c in cs]
+    owner = np.repeat(np.arange(len(captions)), [len(cs) for cs in captions])
+    return self.scorer.score(flat, refs, ref_index=owner).reshape(len(captions), -1)
+
+
+def pool(grids: np.ndarray) -> np.ndarray:
+  """[B, h, w, C] -> [B, C] mean over the grid, L2-normalized (float32)."""
+  x = np.asarray(grids, np.float32).mean(axis=(1, 2))
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def rerank(index: Index, vocab: vocab_lib.Vocab, grids: np.ndarray, tokens: np.ndarray, scores: np.ndarray,
+           k: int, weight: float) -> tuple[np.ndarray, np.ndarray]:
+  """(order [B, K], new scores [B, K] in that order): beams re-ranked by score + weight * consensus CIDEr-D.
+  Empty slots (score -inf, a beam wider than what the model can say) stay last."""
+  texts = [[" ".join(vocab_lib.normalize(vocab.to_text(t))) for t in row] for row in tokens]
+  combined = np.where(np.isfinite(scores), scores + weight * index.consensus(grids, texts, k), -np.inf)
+  order = np.argsort(-combined, axis=1, kind="stable")
+  return order, np.take_along_axis(combined, order, 1)
+
+
+class Reranker:
+  """`evaluator.decode_grids`' rerank: an index, and the vocabulary the beams' tokens are read with. k and
+  weight are the index's unless the decoding settings override them; weight 0 keeps the beam order."""
+
+  def __init__(self, index: Index, vocab: vocab_lib.Vocab):
+    self.index, self.vocab = index, vocab
+
+  def __call__(self, grids: np.ndarray, tokens: np.ndarray, scores: np.ndarray, settings):
+    k = settings.rerank_k or self.index.k
+    weight = self.index.weight if settings.rerank_weight is None else settings.rerank_weight
+    if weight <= 0:
+      return None
+    if grids.shape[-1] != self.index.features.shape[-1]:
+      raise ConsensusError(f"consensus index of {self.index.encoder} grids ({self.index.features.shape[-1]} "
+                           f"channels) cannot rank captions of {grids.shape[-1]}-channel grids")
+    return rerank(self.index, self.vocab, grids, tokens, scores, k, weight)
+
+
+def encoder_id(captioner) -> str:
+  """What the index's grids must match: the first member's encoder and input size."""
+  m = captioner.members[0]
+  return f"{m.config.model.encoder}-{m.model.encoder.preprocessing.size}"
+
+
+def find(captioner) -> Index | None:
+  """The index in the workdir of a Captioner's first member, if built; ConsensusError when it was built on
+  another encoder than that member's."""
+  from jaxcap import checkpoint
+  path = os.path.join(checkpoint.workdir_of(captioner.source), FILENAME)
+  if not os.path.exists(path):
+    return None
+  index = Index.load(path)
+  if index.encoder != encoder_id(captioner):
+    raise ConsensusError(f"{path}: built from {index.encoder} grids, but {captioner.source} encodes with "
+                         f"{encoder_id(captioner)}; rebuild it")
+  return index
+
+
+def build(captioner, builder, batch_size: int = 64, k: int = 15, weight: float = 4.0,
+          progress: bool = True) -> Index:
+  """The index of `builder`'s train split for the Captioner's first member: grids from the feature cache its
+  training filled when the encoder was frozen there, else encoded now."""
+  import jax.numpy as jnp
+
+  from jaxcap import feature_cache
+  from jaxcap.data import tfds_builder
+  from jaxcap.feeds import CachedFeatures
+  m = captioner.members[0]
+  preprocessing = m.model.encoder.preprocessing
+  cached = None
+  if m.config.train.regime in ("cached", "self_critical"):  # the encoder never trained: its cache is valid
+    cached = feature_cache.load(CachedFeatures.cache_directory(m.config, builder, preprocessing.size), "train")
+  if cached is not None:
+    names, rows = cached
+    feats = np.concatenate([pool(rows[i:i + 512]) for i in range(0, len(names), 512)])
+  else:
+    names, parts = [], []
+    encode = lambda x: m._encode(m.variables, jnp.asarray(x))  # noqa: E731  (this member's encoder only)
+    for batch_names, grids, _ in tqdm(feature_cache.encode_batches(builder, "train", encode, preprocessing,
+                                                                   batch_size), desc="encode train",
+                                      unit="batch", disable=not progress):
+      names += batch_names
+      parts.append(pool(grids))
+    feats = np.concatenate(parts)
+  captions = tfds_builder.split_captions(builder, "train")[1]
+  refs = [[" ".join(vocab_lib.normalize(c)) for c in captions[n]] for n in names]
+  return Index(feats.astype(np.float16), refs, encoder_id(captioner), k, weight)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m jaxcap.consensus", description=__doc__.split("\n")[0])
+  p.add_argument("--checkpoint", required=True, help="workdir (the index goes into it)")
+  p.add_argument("--data_dir", default=None, help="dataset folder (default: the one in the checkpoint's config)")
+  p.add_argument("--k", type=int, default=15, help="neighbours per photo (15 was best on Flickr8k dev)")
+  p.add_argument("--weight", type=float, default=4.0, help="consensus weight beside the beam score (4 on Flickr8k dev)")
+  a = p.parse_args(argv)
+  from jaxcap import checkpoint
+  from jaxcap.data import DataError
+  from jaxcap.inference import CheckpointError
+  checkpoint.quiet_orbax_errors()
+  try:
+    path = write(a.checkpoint, a.data_dir, a.k, a.weight)
+  except (CheckpointError, DataError, ConsensusError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(path)
+  return 0
+
+
+def write(checkpoint_path: str, data_dir: str | None = None, k: int = 15, weight: float = 4.0,
+          log=lambda *x: print(*x, file=sys.stderr, flush=True)) -> str:
+  """Builds and saves the index of a workdir (the recipe calls this); returns its path."""
+  from jaxcap import checkpoint
+  from jaxcap.data import dataset
+  from jaxcap.inference import Captioner
+  if k < 1 or weight < 0:
+    raise ConsensusError(f"k={k}, weight={weight}: k must be >= 1 and weight >= 0")
+  t0 = time.time()
+  cap = Captioner.load(checkpoint_path, warn=log)
+  data = cap.config.data.copy_and_resolve_references()
+  if data_dir:
+    data.data_dir, data.tfds_dir, data.synthetic = data_dir, "", False
+  index = build(cap, dataset.prepare(data, verbose=False), k=k, weight=weight)
+  path = os.path.join(checkpoint.workdir_of(cap.source), FILENAME)
+  index.save(path)
+  log(f"consensus index of {len(index.references)} train images ({index.encoder}, k={k}, weight={weight:g}) "
+      f"in {time.time() - t0:.0f}s: {path}")
+  return path
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,164 @@
+"""Consensus reranking (jaxcap.consensus): beams re-ranked by CIDEr-D against the captions of the nearest train
+images; an index in a workdir is found by the Captioner, so evaluate, caption, the service and the app all use
+it; weight 0 is the plain beam order; a damaged or mismatched index is one line, never a crash."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxcap import consensus, evaluate, evaluator
+from jaxcap.cider import CiderD
+from jaxcap.data import vocab as V
+from jaxcap.inference import Captioner
+
+DOG, CAT = "a dog runs on the grass", "a cat sits on a red sofa"
+
+
+def _index(k=1, weight=4.0):
+  # Two train images: one whose captions are about a dog, one about a cat; grids point along channel 0 / 1.
+  feats = np.eye(2, 4, dtype=np.float16)
+  refs = [[DOG, "a brown dog runs on the grass"], [CAT, "a cat sits on a sofa"]]
+  return consensus.Index(feats, refs, "small_cnn-24", k, weight)
+
+
+def _vocab():
+  return V.Vocab(list(V.SPECIALS) + sorted(set((DOG + " " + CAT).split())))
+
+
+def _tokens(vocab, *captions, length=8):
+  out = np.full((1, len(captions), length), V.PAD_ID, np.int32)
+  for j, c in enumerate(captions):
+    ids = [vocab.tokens.index(w) for w in c.split()] + [V.END_ID]
+    out[0, j, :len(ids)] = ids
+  return out
+
+
+def test_the_caption_the_nearest_train_images_agree_with_goes_first():
+  vocab, index = _vocab(), _index()
+  grid = np.zeros((1, 2, 2, 4), np.float32)
+  grid[..., 0] = 1.0  # looks like the dog image
+  tokens = _tokens(vocab, CAT, DOG, "a")
+  scores = np.array([[-1.0, -1.5, -np.inf]])  # the model prefers the cat; the third slot is empty
+  rr = consensus.Reranker(index, vocab)
+  order, new = rr(grid, tokens, scores, evaluator.Settings(beam_size=3))
+  assert order[0].tolist() == [1, 0, 2] and new[0, 2] == -np.inf
+  # The score added is weight x CIDEr-D against the neighbour's references (train document frequencies).
+  want = CiderD(index.references).score([DOG, CAT], [index.references[0]] * 2)
+  np.testing.assert_allclose(new[0, :2], [-1.5 + 4 * want[0], -1.0 + 4 * want[1]], rtol=1e-6)
+  # Weight 0 (or a weight too small to outweigh the model) keeps the beam order.
+  assert rr(grid, tokens, scores, evaluator.Settings(beam_size=3, rerank_weight=0.0)) is None
+  order, _ = rr(grid, tokens, scores, evaluator.Settings(beam_size=3, rerank_weight=1e-3))
+  assert order[0].tolist() == [0, 1, 2]
+  cat = np.zeros_like(grid)
+  cat[..., 1] = 1.0  # looks like the cat image: the model's order stands
+  order, _ = rr(cat, tokens, scores, evaluator.Settings(beam_size=3))
+  assert order[0].tolist() == [0, 1, 2]
+
+
+def test_neighbours_are_the_k_nearest_by_cosine_of_the_pooled_grids():
+  rng = np.random.default_rng(0)
+  train = rng.normal(size=(50, 3, 3, 8)).astype(np.float32)
+  index = consensus.Index(consensus.pool(train).astype(np.float16), [["x"]] * 50, "e", 5, 1.0)
+  query = rng.normal(size=(4, 3, 3, 8)).astype(np.float32)
+  got = index.neighbours(query, 5)
+  sims = consensus.pool(query) @ consensus.pool(train).T
+  np.testing.assert_array_equal(got, np.argsort(-sims, 1)[:, :5])
+
+
+def test_an_index_round_trips_and_a_damaged_one_is_one_line_naming_it(tmp_path):
+  path = str(tmp_path / "consensus.npz")
+  _index(k=7, weight=2.5).save(path)
+  back = consensus.Index.load(path)
+  assert (back.k, back.weight, back.encoder, back.references) == (7, 2.5, "small_cnn-24", _index().references)
+  np.testing.assert_array_equal(back.features, _index().features)
+  with open(path, "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(consensus.ConsensusError, match=f"{path}: not a readable consensus index"):
+    consensus.Index.load(path)
+
+
+@pytest.fixture
+def indexed(trained, tmp_path):
+  """A copy of the tiny trained workdir with a consensus index built by the CLI (weight large enough that the
+  consensus decides), and the workdir without one."""
+  workdir = str(tmp_path / "indexed")
+  shutil.copytree(trained[0], workdir)
+  assert consensus.main(["--checkpoint", workdir, "--k", "3", "--weight", "100"]) == 0
+  return workdir, trained[0]
+
+
+def _favour_repeats(workdir):
+  """The tiny model's beams are 'a', 'a a', 'a a a' (best first), and 'a' is in every reference, so no beam
+  agrees with the neighbours more than another. Give every other train image the reference 'a a a': beams
+  that repeat 'a' now agree with the neighbours among them."""
+  path = os.path.join(workdir, consensus.FILENAME)
+  index = consensus.Index.load(path)
+  index.references = [["a a a"] if i % 2 else refs for i, refs in enumerate(index.references)]
+  index.save(path)
+
+
+def test_a_workdir_index_reranks_what_the_captioner_says(indexed):
+  workdir, plain_dir = indexed
+  cap, plain = Captioner.load(workdir), Captioner.load(plain_dir)
+  assert plain.reranker is None and cap.reranker is not None
+  index = cap.reranker.index
+  # Every train image of the synthetic dataset, with its captions as the metrics read them.
+  assert len(index.features) == len(index.references) > 0 and index.encoder == consensus.encoder_id(cap)
+  assert all(r == " ".join(V.normalize(r)) for refs in index.references for r in refs)
+  assert any("triangle" in r for refs in index.references for r in refs)
+  _favour_repeats(workdir)
+  cap = Captioner.load(workdir)
+  index = cap.reranker.index
+  images = sorted(os.listdir(os.path.join(plain.config.data.synthetic_dir, "Images")))[:6]
+  paths = [os.path.join(plain.config.data.synthetic_dir, "Images", n) for n in images]
+  pixels = np.stack([cap.preprocess(p) for p in paths])
+  got, base = cap.caption_pixels(pixels, beam_size=3), plain.caption_pixels(pixels, beam_size=3)
+  grids = cap.encode_pixels(pixels)
+  moved = 0
+  for i, (g, b) in enumerate(zip(got, base)):
+    assert sorted(x.caption for x in g.beams) == sorted(x.caption for x in b.beams)  # the same beams, re-ordered
+    texts = [" ".join(V.normalize(x.caption)) for x in b.beams]
+    agree = index.consensus(grids[i:i + 1], [texts], 3)[0]
+    best = max(range(len(b.beams)), key=lambda j: (b.beams[j].score + 100 * agree[j], -j))
+    assert g.caption == b.beams[best].caption and g.beams[0].log_prob == b.beams[best].log_prob
+    moved += g.caption != b.caption
+  assert moved > 0
+  # Greedy has nothing to re-rank.
+  assert [r.caption for r in cap.caption_pixels(pixels)] == [r.caption for r in plain.caption_pixels(pixels)]
+
+
+def test_evaluate_sweeps_rerank_weights_and_weight_0_is_the_plain_beam_search(indexed, tmp_path):
+  workdir, plain_dir = indexed
+  _favour_repeats(workdir)
+  args = ["--split", "test", "--beam", "3", "--no_meteor"]
+  plain = evaluate.run(evaluate.parser().parse_args(["--checkpoint", plain_dir, *args, "--out", str(tmp_path / "p")]),
+                       log=lambda *a: None)
+  swept = evaluate.run(evaluate.parser().parse_args(["--checkpoint", workdir, *args, "--rerank_weights", "100", "0",
+                                                     "--out", str(tmp_path / "s")]), log=lambda *a: None)
+  on, off = swept["results"]
+  assert (on["rerank"], off["rerank"]) == (100.0, 0.0)
+  assert {k: off[k] for k in ("bleu1", "bleu4", "cider")} == {k: plain[k] for k in ("bleu1", "bleu4", "cider")}
+  captions = lambda name: [json.loads(l)["caption"] for l in open(tmp_path / name)]  # noqa: E731
+  assert captions("s") != captions("p")  # the JSONL holds the first setting's captions: re-ranked
+  default = evaluate.run(evaluate.parser().parse_args(["--checkpoint", workdir, *args, "--out", str(tmp_path / "d")]),
+                         log=lambda *a: None)
+  assert default["rerank"] == 100.0 and default["cider"] == on["cider"]  # the index's own weight
+
+
+def test_an_index_of_another_encoder_or_a_damaged_one_is_a_warning_and_no_reranking(indexed):
+  workdir, _ = indexed
+  path = os.path.join(workdir, consensus.FILENAME)
+  index = consensus.Index.load(path)
+  index.encoder = "efficientnet_lite1-240"
+  index.save(path)
+  seen = []
+  cap = Captioner.load(workdir, warn=seen.append)
+  assert cap.reranker is None and len(seen) == 1
+  assert f"{path}: built from efficientnet_lite1-240 grids" in seen[0] and "not re-ranked" in seen[0]
+  with open(path, "wb") as f:
+    f.write(b"not an npz")
+  cap = Captioner.load(workdir, warn=seen.append)
+  assert cap.reranker is None and "not a readable consensus index" in seen[-1]
+  assert json.dumps(cap.warnings)  # the app shows them
