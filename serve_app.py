@@ -244,7 +244,7 @@ def main():
     st.warning(warning)
   members = "; ".join(f"{m.config.model.encoder} + {m.mode} decoder, step {m.step}" for m in cap.members)
   rerank = (f"; beams re-ranked by consensus with the {cap.reranker.index.k} nearest train photos (weight "
-            f"{cap.reranker.index.weight:g})" if cap.reranker else "")
+            f"{cap.reranker.index.weight:g})" if cap.reranker and cap.reranker.index.weight > 0 else "")
   st.caption(f"model: {members}, {len(cap.vocab)} words{rerank}")
   uploads = st.file_uploader("Photos", type=UPLOAD_TYPES, accept_multiple_files=True)
   files = [(u.name, u.getvalue()) for u in uploads or []]

@@ -337,10 +337,12 @@ def find(path: str) -> list[Ref]:
   return found
 
 
-def workdir_of(step_path: str) -> str:
+def workdir_of(step_path: str) -> str | None:
   """The workdir a checkpoint "<workdir>/checkpoints/<step>" (or best/<step>) belongs to, where files that go
-  with its model but not in a save live (e.g. `jaxcap.consensus`'s index)."""
-  return os.path.dirname(os.path.dirname(os.path.abspath(step_path.rstrip("/"))))
+  with its model but not in a save live (e.g. `jaxcap.consensus`'s index); None for a step directory outside
+  that layout (its parent may hold other models)."""
+  parent = os.path.dirname(os.path.abspath(step_path.rstrip("/")))
+  return os.path.dirname(parent) if os.path.basename(parent) in (LATEST, LEGACY_BEST) else None
 
 
 def load(path: str, warn: Callable[[str], None] = lambda s: None) -> tuple[dict, dict, str]:

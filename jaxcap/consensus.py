@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -49,6 +50,7 @@ class Index:
 
   def __post_init__(self):
     self.scorer = CiderD(self.references)
+    self._features32 = np.asarray(self.features, np.float32)  # once, not per batch
 
   def save(self, path: str) -> None:
     tmp = path + f".tmp{os.getpid()}.npz"  # np.savez adds .npz to names without it
@@ -59,20 +61,25 @@ class Index:
 
   @classmethod
   def load(cls, path: str) -> "Index":
+    rebuild = "rebuild it with `python -m jaxcap.consensus --checkpoint <workdir>`"
     try:
       with np.load(path) as f:
         features, meta = f["features"], json.loads(f["meta"].tobytes())
-    except Exception as e:  # noqa: BLE001  (zip, npy and JSON errors alike: a damaged file)
-      raise ConsensusError(f"{path}: not a readable consensus index ({type(e).__name__}: {e}); rebuild it with "
-                           "`python -m jaxcap.consensus --checkpoint <workdir>`") from None
-    if meta.get("format") != _FORMAT or len(meta["references"]) != len(features):
-      raise ConsensusError(f"{path}: unknown format or {len(features)} grids for {len(meta['references'])} "
-                           "caption sets; rebuild it")
-    return cls(features, meta["references"], meta["encoder"], meta["k"], meta["weight"])
+      if meta.get("format") != _FORMAT:
+        raise ConsensusError(f"{path}: consensus index format {meta.get('format')!r}, this code reads {_FORMAT}; "
+                             + rebuild)
+      fields = meta["references"], meta["encoder"], int(meta["k"]), float(meta["weight"])
+    except ConsensusError:
+      raise
+    except Exception as e:  # noqa: BLE001  (zip, npy, JSON and missing fields alike: a damaged file)
+      raise ConsensusError(f"{path}: not a readable consensus index ({type(e).__name__}: {e}); {rebuild}") from None
+    if len(fields[0]) != len(features):
+      raise ConsensusError(f"{path}: {len(features)} grids for {len(fields[0])} caption sets; {rebuild}")
+    return cls(features, *fields)
 
   def neighbours(self, grids: np.ndarray, k: int) -> np.ndarray:
     """[B, k] train rows nearest each grid of [B, h, w, C] (cosine of the mean-pooled grids)."""
-    sims = pool(grids).astype(np.float32) @ self.features.T.astype(np.float32)
+    sims = pool(grids) @ self._features32.T
     k = min(k, sims.shape[1])
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 1), axis=1), 1)
@@ -96,10 +103,12 @@ def pool(grids: np.ndarray) -> np.ndarray:
 def rerank(index: Index, vocab: vocab_lib.Vocab, grids: np.ndarray, tokens: np.ndarray, scores: np.ndarray,
            k: int, weight: float) -> tuple[np.ndarray, np.ndarray]:
   """(order [B, K], new scores [B, K] in that order): beams re-ranked by score + weight * consensus CIDEr-D.
-  Empty slots (score -inf, a beam wider than what the model can say) stay last."""
+  As beam search ranks them, captions that never reached <end> (cut at max_len) stay after every ended one,
+  and empty slots (score -inf, a beam wider than what the model can say) last."""
   texts = [[" ".join(vocab_lib.normalize(vocab.to_text(t))) for t in row] for row in tokens]
   combined = np.where(np.isfinite(scores), scores + weight * index.consensus(grids, texts, k), -np.inf)
-  order = np.argsort(-combined, axis=1, kind="stable")
+  unended = ~(tokens == vocab_lib.END_ID).any(-1)
+  order = np.lexsort((-combined, unended), axis=-1)  # by ended first, then the combined score (stable)
   return order, np.take_along_axis(combined, order, 1)
 
 
@@ -111,7 +120,9 @@ class Reranker:
     self.index, self.vocab = index, vocab
 
   def __call__(self, grids: np.ndarray, tokens: np.ndarray, scores: np.ndarray, settings):
-    k = settings.rerank_k or self.index.k
+    k = self.index.k if settings.rerank_k is None else settings.rerank_k
+    if k < 1:
+      raise ConsensusError(f"rerank_k={k}: must be >= 1")
     weight = self.index.weight if settings.rerank_weight is None else settings.rerank_weight
     if weight <= 0:
       return None
@@ -122,17 +133,28 @@ class Reranker:
 
 
 def encoder_id(captioner) -> str:
-  """What the index's grids must match: the first member's encoder and input size."""
+  """What the index's grids must match: the first member's encoder, input size and a digest of its weights
+  (a checkpoint fine-tuned after the index was built has other grids)."""
+  import jax
   m = captioner.members[0]
-  return f"{m.config.model.encoder}-{m.model.encoder.preprocessing.size}"
+  digest = hashlib.sha1()
+  for k in ("params", "batch_stats"):
+    for leaf in jax.tree.leaves(m.variables[k].get("encoder", {})):
+      digest.update(np.ascontiguousarray(leaf).tobytes())
+  return f"{m.config.model.encoder}-{m.model.encoder.preprocessing.size}-{digest.hexdigest()[:12]}"
+
+
+def _path(captioner) -> str | None:
+  from jaxcap import checkpoint
+  workdir = checkpoint.workdir_of(captioner.source)
+  return os.path.join(workdir, FILENAME) if workdir else None
 
 
 def find(captioner) -> Index | None:
-  """The index in the workdir of a Captioner's first member, if built; ConsensusError when it was built on
-  another encoder than that member's."""
-  from jaxcap import checkpoint
-  path = os.path.join(checkpoint.workdir_of(captioner.source), FILENAME)
-  if not os.path.exists(path):
+  """The index in the workdir of a Captioner's first member, if built; ConsensusError when it cannot be read or
+  was built from other grids than that member's encoder gives."""
+  path = _path(captioner)
+  if path is None or not os.path.exists(path):
     return None
   index = Index.load(path)
   if index.encoder != encoder_id(captioner):
@@ -144,7 +166,8 @@ def find(captioner) -> Index | None:
 def build(captioner, builder, batch_size: int = 64, k: int = 15, weight: float = 4.0,
           progress: bool = True) -> Index:
   """The index of `builder`'s train split for the Captioner's first member: grids from the feature cache its
-  training filled when the encoder was frozen there, else encoded now."""
+  training filled, when the cache holds what this checkpoint's encoder gives (checked on the first batch: a
+  fine-tuned encoder does not), else encoded now."""
   import jax.numpy as jnp
 
   from jaxcap import feature_cache
@@ -152,18 +175,18 @@ def build(captioner, builder, batch_size: int = 64, k: int = 15, weight: float =
   from jaxcap.feeds import CachedFeatures
   m = captioner.members[0]
   preprocessing = m.model.encoder.preprocessing
-  cached = None
-  if m.config.train.regime in ("cached", "self_critical"):  # the encoder never trained: its cache is valid
-    cached = feature_cache.load(CachedFeatures.cache_directory(m.config, builder, preprocessing.size), "train")
-  if cached is not None:
+  encode = lambda x: m._encode(m.variables, jnp.asarray(x))  # noqa: E731  (this member's encoder only)
+  batches = feature_cache.encode_batches(builder, "train", encode, preprocessing, batch_size)
+  first_names, first, _ = next(batches)
+  cached = feature_cache.load(CachedFeatures.cache_directory(m.config, builder, preprocessing.size), "train")
+  if cached is not None and cached[0][:len(first_names)] == first_names and np.allclose(
+      np.asarray(cached[1][:len(first)], np.float32), first, rtol=1e-2, atol=1e-2):  # float16 in the cache
     names, rows = cached
     feats = np.concatenate([pool(rows[i:i + 512]) for i in range(0, len(names), 512)])
   else:
-    names, parts = [], []
-    encode = lambda x: m._encode(m.variables, jnp.asarray(x))  # noqa: E731  (this member's encoder only)
-    for batch_names, grids, _ in tqdm(feature_cache.encode_batches(builder, "train", encode, preprocessing,
-                                                                   batch_size), desc="encode train",
-                                      unit="batch", disable=not progress):
+    names, parts = list(first_names), [pool(first)]
+    for batch_names, grids, _ in tqdm(batches, desc="encode train", unit="batch", disable=not progress,
+                                      total=-(-builder.info.splits["train"].num_examples // batch_size) - 1):
       names += batch_names
       parts.append(pool(grids))
     feats = np.concatenate(parts)
@@ -205,8 +228,11 @@ def write(checkpoint_path: str, data_dir: str | None = None, k: int = 15, weight
   data = cap.config.data.copy_and_resolve_references()
   if data_dir:
     data.data_dir, data.tfds_dir, data.synthetic = data_dir, "", False
+  path = _path(cap)
+  if path is None:
+    raise ConsensusError(f"{cap.source}: a step directory outside a workdir (<workdir>/{checkpoint.LATEST}/<step>); "
+                         "give the training workdir, where the index goes")
   index = build(cap, dataset.prepare(data, verbose=False), k=k, weight=weight)
-  path = os.path.join(checkpoint.workdir_of(cap.source), FILENAME)
   index.save(path)
   log(f"consensus index of {len(index.references)} train images ({index.encoder}, k={k}, weight={weight:g}) "
       f"in {time.time() - t0:.0f}s: {path}")

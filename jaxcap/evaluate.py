@@ -25,6 +25,12 @@ import sys
 import time
 
 
+def _positive(text: str) -> int:
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+  return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m jaxcap.evaluate", description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, action="append",
@@ -36,12 +42,13 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--rerank_weights", type=float, nargs="+", default=[None],
                  help="consensus reranking weight(s) when the first checkpoint's workdir has a consensus index "
                  "(`python -m jaxcap.consensus`); 0 = off; default: the index's")
-  p.add_argument("--rerank_k", type=int, default=None, help="neighbours of consensus reranking (default: the index's)")
+  p.add_argument("--rerank_k", type=_positive, default=None, help="neighbours of consensus reranking (default: the index's)")
   p.add_argument("--max_len", type=int, default=20)
   p.add_argument("--batch_size", type=int, default=50)
   p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
-  p.add_argument("--out", default=None, help="per-image JSONL (default: <checkpoint>/eval_<split>_beam<k>.jsonl; "
-                 "an ensemble's goes to the first checkpoint, ending _ensemble<n>.jsonl)")
+  p.add_argument("--out", default=None, help="per-image JSONL of the first setting (beam, alpha, rerank weight) "
+                 "(default: <checkpoint>/eval_<split>_beam<k>.jsonl; an ensemble's goes to the first checkpoint, "
+                 "ending _ensemble<n>.jsonl)")
   p.add_argument("--no_meteor", action="store_true",
                  help="skip the Java metrics: METEOR (the slowest) and coco-caption's PTB-tokenized BLEU-4")
   return p
@@ -49,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   from jaxcap import checkpoint
+  from jaxcap.consensus import ConsensusError
   from jaxcap.data import DataError
   from jaxcap.data.images import ImageError
   from jaxcap.inference import CheckpointError
@@ -56,7 +64,7 @@ def main(argv=None) -> int:
   checkpoint.quiet_orbax_errors()
   try:
     summary = run(parser().parse_args(argv))
-  except (CheckpointError, DataError, ImageError) as e:
+  except (CheckpointError, ConsensusError, DataError, ImageError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(json.dumps(summary))
@@ -89,10 +97,14 @@ def run(a: argparse.Namespace, log=lambda *x: print(*x, file=sys.stderr)) -> dic
   rr = cap.reranker
   if rr is None and a.rerank_weights != [None]:
     log(f"no consensus index in the workdir of {cap.source} (`python -m jaxcap.consensus`): --rerank_weights ignored")
+  if rr is not None and a.split == "train":
+    log("warning: a train image is its own nearest train image, so re-ranked train figures are optimistic")
   if rr is not None:
     log(f"beams re-ranked by consensus with the nearest train images ({rr.index.encoder}, "
         f"k={a.rerank_k or rr.index.k}); --rerank_weights 0 turns it off")
-  for beam, alpha, weight in itertools.product(a.beam, a.alphas, a.rerank_weights if rr else [None]):
+  settings_to_try = [(beam, alpha, weight) for beam, alpha in itertools.product(a.beam, a.alphas)
+                     for weight in (a.rerank_weights if rr and beam > 1 else [None])]  # greedy: nothing to rank
+  for beam, alpha, weight in settings_to_try:
     t1 = time.time()
     settings = evaluator.Settings(beam, a.max_len, alpha, a.batch_size, a.rerank_k, weight)
     ev = evaluator.evaluate(cap.decoders, cap.decoder_params, inputs, settings, cap.vocab,

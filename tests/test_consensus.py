@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -57,6 +58,16 @@ def test_the_caption_the_nearest_train_images_agree_with_goes_first():
   assert order[0].tolist() == [0, 1, 2]
 
 
+def test_a_caption_cut_at_max_len_stays_after_every_ended_one_as_beam_search_ranks_it():
+  vocab, index = _vocab(), _index()
+  grid = np.zeros((1, 2, 2, 4), np.float32)
+  grid[..., 0] = 1.0
+  tokens = _tokens(vocab, CAT, DOG, length=8)
+  tokens[0, 1, 6:] = vocab.tokens.index("grass")  # the dog caption never ends: cut at max_len
+  order, new = consensus.Reranker(index, vocab)(grid, tokens, np.array([[-1.0, -0.5]]), evaluator.Settings(3))
+  assert order[0].tolist() == [0, 1] and new[0, 1] > new[0, 0]  # it agrees more, and still comes second
+
+
 def test_neighbours_are_the_k_nearest_by_cosine_of_the_pooled_grids():
   rng = np.random.default_rng(0)
   train = rng.normal(size=(50, 3, 3, 8)).astype(np.float32)
@@ -77,6 +88,16 @@ def test_an_index_round_trips_and_a_damaged_one_is_one_line_naming_it(tmp_path):
     f.truncate(100)
   with pytest.raises(consensus.ConsensusError, match=f"{path}: not a readable consensus index"):
     consensus.Index.load(path)
+  np.savez(path, features=np.zeros((1, 4), np.float16), meta=np.frombuffer(b'{"format": 1}', np.uint8))
+  with pytest.raises(consensus.ConsensusError, match="not a readable consensus index .KeyError: 'references'"):
+    consensus.Index.load(path)
+
+
+def test_the_index_belongs_to_a_workdir_not_to_a_loose_step_directory(tmp_path):
+  from jaxcap import checkpoint
+  assert checkpoint.workdir_of(str(tmp_path / "w" / "checkpoints" / "1250")) == str(tmp_path / "w")
+  assert checkpoint.workdir_of(str(tmp_path / "w" / "best" / "1250") + "/") == str(tmp_path / "w")
+  assert checkpoint.workdir_of(str(tmp_path / "models" / "1250")) is None
 
 
 @pytest.fixture
@@ -127,6 +148,29 @@ def test_a_workdir_index_reranks_what_the_captioner_says(indexed):
   assert moved > 0
   # Greedy has nothing to re-rank.
   assert [r.caption for r in cap.caption_pixels(pixels)] == [r.caption for r in plain.caption_pixels(pixels)]
+
+
+def test_the_index_reads_the_feature_cache_only_when_it_holds_this_encoders_grids(indexed, tmp_path):
+  from jaxcap.data import dataset
+  workdir, _ = indexed
+  cap = Captioner.load(workdir)
+  builder = dataset.prepare(cap.config.data, verbose=False)
+  from_cache = consensus.build(cap, builder, batch_size=8, progress=False)
+  cached_dir = cap.config.data.feature_cache_dir
+  cap.config.data.feature_cache_dir = str(tmp_path / "empty")  # no cache: every train image encoded
+  encoded = consensus.build(cap, builder, batch_size=8, progress=False)
+  np.testing.assert_allclose(encoded.features.astype(np.float32), from_cache.features.astype(np.float32),
+                             atol=2e-3)
+  assert encoded.references == from_cache.references and encoded.encoder == from_cache.encoder
+  # Other encoder weights (as a fine-tuned checkpoint has): the cache of the frozen ones is not used, and the
+  # index is another one.
+  cap.config.data.feature_cache_dir = cached_dir
+  rng = np.random.default_rng(0)
+  cap.variables["params"] = {**cap.variables["params"], "encoder": jax.tree.map(
+      lambda a: a + 0.3 * rng.normal(size=a.shape).astype(a.dtype), cap.variables["params"]["encoder"])}
+  tuned = consensus.build(cap, builder, batch_size=8, progress=False)
+  assert tuned.encoder != from_cache.encoder
+  assert not np.allclose(tuned.features.astype(np.float32), from_cache.features.astype(np.float32), atol=2e-3)
 
 
 def test_evaluate_sweeps_rerank_weights_and_weight_0_is_the_plain_beam_search(indexed, tmp_path):
