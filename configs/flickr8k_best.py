@@ -1,22 +1,22 @@
-"""The best Flickr8k recipe chosen on dev, 51 minutes on a slow day of the 2-core CPU (whose speed drifts): a recipe config
-for `jaxcap.recipe` (features, cross-entropy and, when `self_critical` is set, self-critical CIDEr-D training,
-for each ensemble seed; then the test evaluation).
+"""The best Flickr8k recipe chosen on dev, 49 minutes on the 2-core CPU (whose speed drifts): a recipe config for
+`jaxcap.recipe` (features, cross-entropy and, when `self_critical` is set, self-critical CIDEr-D training, for
+each ensemble seed; then a consensus index and the test evaluation).
 
     python -m jaxcap.recipe --config configs/flickr8k_best.py --workdir workdirs/flickr8k_best \
         [--config.base.data.data_dir=/path/to/flickr8k] [--config.base.data.feature_cache_dir=/tmp/cold]
 
 Chosen on Flickr8k dev (README, "Ablation and the best recipe"): Lite1 features for seed 0 (dev BLEU-4 at beam
 3 0.222 vs Lite0 0.216, Lite2 0.216); self-critical training on seed 0 with a cosine-decayed learning rate,
-ensembled with cross-entropy seed 0 and with cross-entropy seed 1 on Lite0 features; beam 3. The run above on
-2026-11-23 (workdirs/best_x): dev beam 3 BLEU-4 0.240, CIDEr-D 0.582 (with seed 1 on Lite1 instead, the same
-seed-0 models: 0.235 / 0.567; with the constant lr 5e-5 of before: 0.231 / 0.566; two cross-entropy seeds or
-self-critical seed 0 alone, in earlier runs: 0.224 / 0.533, 0.218 / 0.540).
-That run, from a cold feature cache on the 2-core CPU: 51m10s wall (xe_seed0 812 s with the Lite1 features,
-scst_seed0 1,444 s, xe_seed1_lite0 713 s with the Lite0 features, the two test evaluations 91 s) on a day this
-machine ran the unchanged cross-entropy stage 1.40x slower than in the 35m52s timed run of the constant-lr
-recipe with seed 1 on Lite1 (jaxcap/allocator.py keeps freed memory for reuse; before it that recipe took
-54m14s and 45m36s). Test, beam 3: self-critical seed 0 alone BLEU-4 0.232, CIDEr-D 0.584; the ensemble
-BLEU-1..4 0.670 / 0.489 / 0.351 / 0.248 (coco-caption 0.248), METEOR 0.209, ROUGE-L 0.481, CIDEr-D 0.617,
+ensembled with cross-entropy seed 0 and with cross-entropy seed 1 on Lite0 features; beam 20 with the beams
+re-ranked by consensus with the 15 nearest train photos (weight 4). Dev, the ensemble: BLEU-4 0.249, CIDEr-D
+0.620 (beam 3 without reranking 0.240 / 0.582; with seed 1 on Lite1 instead 0.235 / 0.567; two cross-entropy
+seeds or self-critical seed 0 alone, in earlier runs: 0.224 / 0.533, 0.218 / 0.540).
+The run above on 2026-11-23 (workdirs/best_c), from a cold feature cache: 48m49s wall (xe_seed0 756 s with the
+Lite1 features, scst_seed0 1,297 s, xe_seed1_lite0 645 s with the Lite0 features, the consensus index 5 s, the
+two test evaluations 215 s); the same recipe at beam 3 without reranking took 51m10s on a slower day, and
+35m52s on the fastest day measured (with seed 1 on Lite1 and the constant lr of before). Test, the ensemble:
+BLEU-1..4 0.683 / 0.499 / 0.360 / 0.251 (coco-caption 0.251), METEOR 0.214, ROUGE-L 0.484, CIDEr-D 0.641;
+self-critical seed 0 alone: 0.681 / 0.494 / 0.350 / 0.242, METEOR 0.209, ROUGE-L 0.481, CIDEr-D 0.617;
 dangling captions 0%.
 """
 import ml_collections
