@@ -224,7 +224,7 @@ def write(checkpoint_path: str, data_dir: str | None = None, k: int = 15, weight
   if k < 1 or weight < 0:
     raise ConsensusError(f"k={k}, weight={weight}: k must be >= 1 and weight >= 0")
   t0 = time.time()
-  cap = Captioner.load(checkpoint_path, warn=log)
+  cap = Captioner.load(checkpoint_path, warn=log, rerank=False)  # an index there is about to be replaced
   data = cap.config.data.copy_and_resolve_references()
   if data_dir:
     data.data_dir, data.tfds_dir, data.synthetic = data_dir, "", False

@@ -75,15 +75,17 @@ class Captioner:
                                             key=lambda p: p.size)
 
   @classmethod
-  def load(cls, path: str | Sequence[str], warn: Callable[[str], None] = lambda s: None) -> "Captioner":
+  def load(cls, path: str | Sequence[str], warn: Callable[[str], None] = lambda s: None,
+           rerank: bool = True) -> "Captioner":
     """A workdir's best-on-dev checkpoint (or a step dir); several paths make an ensemble (CheckpointError, one
     line naming both, when two members differ in vocabulary). One that cannot be read is reported
-    through `warn` in one line and the next best is used; CheckpointError (one line) when none can be read."""
+    through `warn` in one line and the next best is used; CheckpointError (one line) when none can be read.
+    With `rerank`, the first member's workdir's consensus index (if any) re-ranks beam search."""
     first, *others = [cls._load_one(p, warn) for p in ([path] if isinstance(path, str) else path)]
     cap = cls(first.model, first.variables, first.vocab, first.config, first.step, first.source, others)
     cap.warnings = [w for m in (first, *others) for w in m.warnings]
     try:
-      index = consensus.find(cap)
+      index = consensus.find(cap) if rerank else None
     except consensus.ConsensusError as e:
       cap.warnings.append(f"warning: {e}; captions are not re-ranked")
       warn(cap.warnings[-1])

@@ -205,4 +205,7 @@ def test_an_index_of_another_encoder_or_a_damaged_one_is_a_warning_and_no_rerank
     f.write(b"not an npz")
   cap = Captioner.load(workdir, warn=seen.append)
   assert cap.reranker is None and "not a readable consensus index" in seen[-1]
-  assert json.dumps(cap.warnings)  # the app shows them
+  assert cap.warnings[-1] == seen[-1]  # the app shows a Captioner's warnings
+  # Rebuilding replaces it without a word about the old one.
+  assert consensus.write(workdir, k=3, weight=100.0, log=seen.append) == path and len(seen) == 3
+  assert "consensus index of" in seen[-1] and Captioner.load(workdir).reranker is not None
