@@ -119,13 +119,20 @@ class Reranker:
   def __init__(self, index: Index, vocab: vocab_lib.Vocab):
     self.index, self.vocab = index, vocab
 
-  def __call__(self, grids: np.ndarray, tokens: np.ndarray, scores: np.ndarray, settings):
+  def resolve(self, settings) -> tuple[int, float]:
+    """(k, weight) that decoding `settings` rank with: theirs, else the index's."""
     k = self.index.k if settings.rerank_k is None else settings.rerank_k
     if k < 1:
       raise ConsensusError(f"rerank_k={k}: must be >= 1")
-    weight = self.index.weight if settings.rerank_weight is None else settings.rerank_weight
+    return k, self.index.weight if settings.rerank_weight is None else settings.rerank_weight
+
+  def __call__(self, grids, tokens: np.ndarray, scores: np.ndarray, settings):
+    """grids: the batch's first-member grids (on the device, maybe padded past len(tokens)), copied to the host
+    only when there is something to rank."""
+    k, weight = self.resolve(settings)
     if weight <= 0:
       return None
+    grids = np.asarray(grids[:len(tokens)])
     if grids.shape[-1] != self.index.features.shape[-1]:
       raise ConsensusError(f"consensus index of {self.index.encoder} grids ({self.index.features.shape[-1]} "
                            f"channels) cannot rank captions of {grids.shape[-1]}-channel grids")
@@ -138,9 +145,8 @@ def encoder_id(captioner) -> str:
   import jax
   m = captioner.members[0]
   digest = hashlib.sha1()
-  for k in ("params", "batch_stats"):
-    for leaf in jax.tree.leaves(m.variables[k].get("encoder", {})):
-      digest.update(np.ascontiguousarray(leaf).tobytes())
+  for leaf in jax.tree.leaves(m.encoder_variables()):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
   return f"{m.config.model.encoder}-{m.model.encoder.preprocessing.size}-{digest.hexdigest()[:12]}"
 
 
@@ -156,10 +162,10 @@ def find(captioner) -> Index | None:
   path = _path(captioner)
   if path is None or not os.path.exists(path):
     return None
-  index = Index.load(path)
-  if index.encoder != encoder_id(captioner):
+  index, encoder = Index.load(path), encoder_id(captioner)
+  if index.encoder != encoder:
     raise ConsensusError(f"{path}: built from {index.encoder} grids, but {captioner.source} encodes with "
-                         f"{encoder_id(captioner)}; rebuild it")
+                         f"{encoder}; rebuild it")
   return index
 
 

@@ -101,7 +101,7 @@ def run(a: argparse.Namespace, log=lambda *x: print(*x, file=sys.stderr)) -> dic
     log("warning: a train image is its own nearest train image, so re-ranked train figures are optimistic")
   if rr is not None:
     log(f"beams re-ranked by consensus with the nearest train images ({rr.index.encoder}, "
-        f"k={a.rerank_k or rr.index.k}); --rerank_weights 0 turns it off")
+        f"k={rr.resolve(evaluator.Settings(rerank_k=a.rerank_k))[0]}); --rerank_weights 0 turns it off")
   settings_to_try = [(beam, alpha, weight) for beam, alpha in itertools.product(a.beam, a.alphas)
                      for weight in (a.rerank_weights if rr and beam > 1 else [None])]  # greedy: nothing to rank
   for beam, alpha, weight in settings_to_try:
@@ -109,7 +109,7 @@ def run(a: argparse.Namespace, log=lambda *x: print(*x, file=sys.stderr)) -> dic
     settings = evaluator.Settings(beam, a.max_len, alpha, a.batch_size, a.rerank_k, weight)
     ev = evaluator.evaluate(cap.decoders, cap.decoder_params, inputs, settings, cap.vocab,
                             scorer=lambda h, r: metrics.all_metrics(h, r, meteor=not a.no_meteor), rerank=rr)
-    rerank = (rr.index.weight if weight is None else weight) if rr and beam > 1 else 0.0
+    rerank = rr.resolve(settings)[1] if rr and beam > 1 else 0.0
     results.append({"beam": beam, "alpha": alpha, "rerank": rerank, **ev.metrics, "decode_s": time.time() - t1,
                     "hyps": ev.captions, "beams": [[{"caption": c, "score": s} for c, s in b] for b in ev.beams]})
 

@@ -85,7 +85,7 @@ def decode_grids(decoder, params, grids, settings: Settings, rerank: Callable | 
     else:
       tokens, scores, log_probs, alphas = (np.asarray(a)[:n] for a in decode.beam_search(
           decoder, params, g, settings.beam_size, settings.max_len, settings.alpha))
-      reranked = rerank and rerank(np.asarray(decode.member_grids(decoders, g)[0])[:n], tokens, scores, settings)
+      reranked = rerank and rerank(decode.member_grids(decoders, g)[0], tokens, scores, settings)
       if reranked:
         order, scores = reranked
         tokens, log_probs, alphas = (np.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), 1)

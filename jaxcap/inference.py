@@ -115,6 +115,10 @@ class Captioner:
     cap.warnings = warnings  # checkpoints passed over because they could not be read (one line each)
     return cap
 
+  def encoder_variables(self) -> dict:
+    """This checkpoint's encoder weights (params and batch statistics): what its grids depend on."""
+    return {k: self.variables[k].get("encoder", {}) for k in ("params", "batch_stats")}
+
   def preprocess(self, image: images_lib.ImageInput, name: str | None = None) -> np.ndarray:
     """The uint8 pixels [S, S, 3] the encoder sees (the training pipeline's decode and resize). In an ensemble,
     at its largest encoder input: an encoder that takes fewer resizes them again, so it sees the image resized
@@ -192,8 +196,7 @@ def same_encoder(a: Captioner, b: Captioner) -> bool:
   """Whether a's encoder gives b's grids: the same module, input size and weights."""
   if a.model.encoder != b.model.encoder:
     return False
-  weights = lambda c: {k: c.variables[k].get("encoder", {}) for k in ("params", "batch_stats")}  # noqa: E731
-  wa, wb = weights(a), weights(b)
+  wa, wb = a.encoder_variables(), b.encoder_variables()
   return jax.tree.structure(wa) == jax.tree.structure(wb) and all(
       x is y or np.array_equal(x, y) for x, y in zip(jax.tree.leaves(wa), jax.tree.leaves(wb)))
 
