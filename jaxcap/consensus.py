@@ -144,9 +144,10 @@ def encoder_id(captioner) -> str:
   (a checkpoint fine-tuned after the index was built has other grids)."""
   import jax
   m = captioner.members[0]
-  digest = hashlib.sha1()
-  for leaf in jax.tree.leaves(m.encoder_variables()):
-    digest.update(np.ascontiguousarray(leaf).tobytes())
+  digest, weights = hashlib.sha1(), m.encoder_variables()
+  for k in ("params", "batch_stats"):  # this order (not jax.tree's sorted one): indexes built so far stay valid
+    for leaf in jax.tree.leaves(weights[k]):
+      digest.update(np.ascontiguousarray(leaf).tobytes())
   return f"{m.config.model.encoder}-{m.model.encoder.preprocessing.size}-{digest.hexdigest()[:12]}"
 
 
