@@ -93,6 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 100
   c.train.final_lr_fraction = 0.05
+  # Length of the cosine in steps when longer than the run (0 = the run's length): the run takes the first steps
+  # of a longer schedule, so it gives the same weights as the longer run up to its last step; for stopping
+  # where a longer run peaked on dev, in less time.
+  c.train.decay_steps = 0
   c.train.weight_decay = 1e-4
   # Gradient global-norm clipping threshold (> 0).
   c.train.grad_clip = 5.0

@@ -86,6 +86,7 @@ def rules() -> dict[str, tuple[Callable, str]]:
       "train.num_steps": integer(0),
       "train.learning_rate": number(0, lo_open=True),
       "train.warmup_steps": integer(0),
+      "train.decay_steps": integer(0),
       "train.final_lr_fraction": number(0, 1),
       "train.weight_decay": number(0),
       "train.grad_clip": number(0, lo_open=True),

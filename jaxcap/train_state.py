@@ -74,6 +74,7 @@ def make_optimizer(config, total_steps: int, train_encoder: bool) -> optax.Gradi
   """Clipping, then AdamW (warmup + cosine) for the decoder; for the encoder its own AdamW from
   `train.finetune_from_step` when `train_encoder`, else zero updates."""
   t = config.train
+  total_steps = max(total_steps, t.decay_steps)  # a longer schedule: the run stops partway down its curve
   warmup = min(t.warmup_steps, max(total_steps - 1, 1))
 
   def cosine(peak, steps):

@@ -39,6 +39,21 @@ def test_training_learns_and_leaves_a_complete_workdir(regime, tiny_config, read
       os.path.join(workdir, "metrics.jsonl"))) if "dev_bleu4" in r and r["step"] <= 60)
 
 
+def test_decay_steps_stops_partway_down_the_longer_schedule(tiny_config, read_metrics, tmp_path):
+  """A run of 20 steps with train.decay_steps=40 is the first half of the 40-step run (same lr, same batches),
+  which is what stopping where a longer run peaked on dev relies on."""
+  quiet = {"train.eval_every": 0, "train.checkpoint_every": 0, "train.final_test_eval": False}
+  losses = {}
+  for name, extra in {"long": {"train.num_steps": 40}, "cut": {"train.num_steps": 20, "train.decay_steps": 40},
+                      "short": {"train.num_steps": 20}}.items():
+    train_lib.train_and_evaluate(tiny_config("cached", **quiet, **extra), str(tmp_path / name))
+    losses[name] = read_metrics(str(tmp_path / name))
+  assert sorted(losses["cut"]) == list(range(1, 21))
+  np.testing.assert_allclose([losses["cut"][s] for s in range(1, 21)], [losses["long"][s] for s in range(1, 21)],
+                             rtol=1e-6)
+  assert losses["short"][20] != losses["long"][20]  # its own 20-step cosine decays sooner
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("regime", ["cached", "finetune"])
 def test_sigkill_mid_run_then_same_command_resumes_with_same_data_order(regime, train_cmd, read_metrics, tmp_path):
