@@ -209,3 +209,16 @@ def test_an_index_of_another_encoder_or_a_damaged_one_is_a_warning_and_no_rerank
   # Rebuilding replaces it without a word about the old one.
   assert consensus.write(workdir, k=3, weight=100.0, log=seen.append) == path and len(seen) == 3
   assert "consensus index of" in seen[-1] and Captioner.load(workdir).reranker is not None
+
+
+def test_the_encoder_digest_is_stable_so_indexes_built_earlier_stay_valid():
+  """The digest an index stores is compared with the checkpoint's at every load: if the way it is computed
+  changes, every index users have built is refused ("rebuild it") and their captions stop being re-ranked.
+  Pinned on fixed weights (params hashed before batch statistics, as the first indexes were built)."""
+  import types
+  ns = types.SimpleNamespace
+  weights = {"params": {"conv": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}},
+             "batch_stats": {"bn": {"mean": np.ones(3, np.float32)}}}
+  member = ns(config=ns(model=ns(encoder="small_cnn")), model=ns(encoder=ns(preprocessing=ns(size=24))),
+              encoder_variables=lambda: weights)
+  assert consensus.encoder_id(ns(members=[member])) == "small_cnn-24-a4f9bf32b636"
