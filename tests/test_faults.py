@@ -461,7 +461,7 @@ BAD = {
     "model.attention_dim": 0, "model.dropout": 1.0, "model.embed_dropout": -0.1, "model.deep_output": None,
     "model.dtype": "float16", "model.depthwise_impl": "fast", "train.regime": "cache", "train.batch_size": 0,
     "train.num_epochs": -1, "train.num_steps": -1, "train.learning_rate": -1e-3, "train.warmup_steps": -5,
-    "train.final_lr_fraction": 1.5, "train.weight_decay": -1.0, "train.grad_clip": 0.0,
+    "train.decay_steps": -1, "train.final_lr_fraction": 1.5, "train.weight_decay": -1.0, "train.grad_clip": 0.0,
     "train.label_smoothing": 1.0, "train.attention_penalty": float("nan"), "train.length_bucketing": None,
     "train.encoder_learning_rate": float("inf"), "train.finetune_from_step": -1, "train.augment": None,
     "train.log_every": 0, "train.eval_every": -500, "train.checkpoint_every": -1, "train.keep_checkpoints": 0,
