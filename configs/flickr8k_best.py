@@ -18,7 +18,7 @@ self-critical seed 0 for all 1,750 steps (workdirs/best_c, 48m49s on 2026-11-23:
 1,297 s), which kept step 1,250 too; the same recipe at beam 3 without reranking took 51m10s on a slower day.
 Test, the ensemble:
 BLEU-1..4 0.683 / 0.499 / 0.360 / 0.251 (coco-caption 0.251), METEOR 0.214, ROUGE-L 0.484, CIDEr-D 0.641;
-self-critical seed 0 alone: 0.681 / 0.494 / 0.350 / 0.242, METEOR 0.209, ROUGE-L 0.481, CIDEr-D 0.617;
+self-critical seed 0 alone: 0.680 / 0.494 / 0.350 / 0.242, METEOR 0.209, ROUGE-L 0.481, CIDEr-D 0.617;
 dangling captions 0%.
 """
 import ml_collections
