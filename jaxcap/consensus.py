@@ -42,7 +42,7 @@ class ConsensusError(Exception):
 
 @dataclasses.dataclass
 class Index:
-  features: np.ndarray               # [N, C] float16, mean-pooled train grids, L2-normalized
+  features: np.ndarray               # [N, C] mean-pooled train grids, L2-normalized; float16 on disk, float32 here
   references: list[list[str]]        # [N] normalized reference captions of each train image
   encoder: str                       # the encoder the grids came from (name-size), checked against the query's
   k: int = 15                        # neighbours whose references a caption is scored against
@@ -50,13 +50,15 @@ class Index:
 
   def __post_init__(self):
     self.scorer = CiderD(self.references)
-    self._features32 = np.asarray(self.features, np.float32)  # once, not per batch
+    # float16 precision (the file's), one float32 copy for the per-batch product: an index built here and the
+    # same one read back rank alike, and memory holds one copy, not a float16 and a float32 one.
+    self.features = np.asarray(self.features, np.float16).astype(np.float32)
 
   def save(self, path: str) -> None:
     tmp = path + f".tmp{os.getpid()}.npz"  # np.savez adds .npz to names without it
     meta = {"format": _FORMAT, "encoder": self.encoder, "k": self.k, "weight": self.weight,
             "references": self.references}
-    np.savez(tmp, features=self.features, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    np.savez(tmp, features=self.features.astype(np.float16), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
     os.replace(tmp, path)  # a crash never leaves half an index under the real name
 
   @classmethod
@@ -79,7 +81,7 @@ class Index:
 
   def neighbours(self, grids: np.ndarray, k: int) -> np.ndarray:
     """[B, k] train rows nearest each grid of [B, h, w, C] (cosine of the mean-pooled grids)."""
-    sims = pool(grids) @ self._features32.T
+    sims = pool(grids) @ self.features.T
     k = min(k, sims.shape[1])
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 1), axis=1), 1)
@@ -199,7 +201,7 @@ def build(captioner, builder, batch_size: int = 64, k: int = 15, weight: float =
     feats = np.concatenate(parts)
   captions = tfds_builder.split_captions(builder, "train")[1]
   refs = [[" ".join(vocab_lib.normalize(c)) for c in captions[n]] for n in names]
-  return Index(feats.astype(np.float16), refs, encoder_id(captioner), k, weight)
+  return Index(feats, refs, encoder_id(captioner), k, weight)
 
 
 def main(argv=None) -> int:
