@@ -74,18 +74,18 @@ def make_optimizer(config, total_steps: int, train_encoder: bool) -> optax.Gradi
   """Clipping, then AdamW (warmup + cosine) for the decoder; for the encoder its own AdamW from
   `train.finetune_from_step` when `train_encoder`, else zero updates."""
   t = config.train
-  total_steps = max(total_steps, t.decay_steps)  # a longer schedule: the run stops partway down its curve
-  warmup = min(t.warmup_steps, max(total_steps - 1, 1))
+  schedule_steps = max(total_steps, t.decay_steps)  # a longer schedule: the run stops partway down its curve
+  warmup = min(t.warmup_steps, max(schedule_steps - 1, 1))
 
   def cosine(peak, steps):
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), peak * t.final_lr_fraction)
 
-  decoder = optax.adamw(cosine(t.learning_rate, total_steps), weight_decay=t.weight_decay, mask=_decay_mask)
+  decoder = optax.adamw(cosine(t.learning_rate, schedule_steps), weight_decay=t.weight_decay, mask=_decay_mask)
   encoder = optax.set_to_zero()
   if train_encoder:
     start = t.finetune_from_step
     sched = optax.join_schedules([optax.constant_schedule(0.0),
-                                  cosine(t.encoder_learning_rate, max(total_steps - start, 1))], [start])
+                                  cosine(t.encoder_learning_rate, max(schedule_steps - start, 1))], [start])
     encoder = optax.adamw(sched, weight_decay=t.weight_decay, mask=_decay_mask)
   labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}  # noqa: E731
   return optax.chain(optax.clip_by_global_norm(t.grad_clip),
