@@ -41,6 +41,7 @@ from typing import Callable
 
 import orbax.checkpoint as ocp
 
+from jaxcap import fileio
 from jaxcap import paths
 
 LATEST, LEGACY_BEST, DAMAGED, LOCK = "checkpoints", "best", "damaged", "train.lock"
@@ -475,9 +476,7 @@ class Checkpoints:
     except Exception as e:  # noqa: BLE001
       self._move_aside(step, f"{path} cannot be read, nor its meta: {describe(e)}", "its dev score is unknown")
       return
-    with open(path + ".tmp", "w") as f:
-      json.dump({SCORE: score}, f)
-    os.replace(path + ".tmp", path)
+    fileio.write_atomic(path, json.dumps({SCORE: score}))
     self.log(f"checkpoint {step_dir}: its metrics file could not be read; rewritten from its meta (dev "
              f"{metric} {score:.4g})")
 

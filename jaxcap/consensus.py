@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from jaxcap import fileio
 from jaxcap.cider import CiderD
 from jaxcap.data import vocab as vocab_lib
 
@@ -55,11 +56,10 @@ class Index:
     self.features = np.asarray(self.features, np.float16).astype(np.float32)
 
   def save(self, path: str) -> None:
-    tmp = path + f".tmp{os.getpid()}.npz"  # np.savez adds .npz to names without it
     meta = {"format": _FORMAT, "encoder": self.encoder, "k": self.k, "weight": self.weight,
             "references": self.references}
-    np.savez(tmp, features=self.features.astype(np.float16), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-    os.replace(tmp, path)  # a crash never leaves half an index under the real name
+    with fileio.atomic_paths(path) as (tmp,):
+      np.savez(tmp, features=self.features.astype(np.float16), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
 
   @classmethod
   def load(cls, path: str) -> "Index":

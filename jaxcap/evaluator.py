@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcap import decode, metrics
+from jaxcap.grids import SplitInputs, map_grids, rows
 from jaxcap.data import batching
 from jaxcap.data.vocab import Vocab
 
@@ -32,38 +32,12 @@ class Settings:
 
 
 @dataclasses.dataclass
-class SplitInputs:
-  """What the evaluator decodes for a split: one feature grid per image, with its names and references."""
-  names: list[str]
-  grids: np.ndarray | tuple          # [N, h, w, C] (or feature_cache.FeatureRows: read batch by batch); an
-                                     # ensemble on several encoders: a tuple, one per member
-  references: list[list[str]]        # raw reference captions per image ([] when there are none)
-
-
-@dataclasses.dataclass
 class Decoded:
   """K captions per image, best first (K = 1 for greedy)."""
   tokens: np.ndarray                 # [N, K, max_len] int32, <pad> after <end>
   scores: np.ndarray                 # [N, K] ranking score (log-probability / length penalty; 0 for greedy)
   log_probs: np.ndarray              # [N, K] (0 for greedy)
   alphas: np.ndarray                 # [N, K, max_len, h*w] attention of every token (attend mode)
-
-
-def map_grids(fn: Callable, *grids):
-  """jax.tree.map over grids (an array, or a tuple of them: one per ensemble member) that calls fn once for
-  slots holding the same objects, so members sharing an encoder keep sharing one array (not a copy each)."""
-  out, done = [], {}
-  for xs in zip(*(jax.tree.leaves(g) for g in grids)):
-    key = tuple(map(id, xs))
-    if key not in done:
-      done[key] = fn(*xs)
-    out.append(done[key])
-  return jax.tree.unflatten(jax.tree.structure(grids[0]), out)
-
-
-def rows(grids) -> int:
-  """Images in grids: an array [N, h, w, C] (or FeatureRows), or a tuple of them (one per ensemble member)."""
-  return len(jax.tree.leaves(grids)[0])
 
 
 def decode_grids(decoder, params, grids, settings: Settings, rerank: Callable | None = None) -> Decoded:

@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from jaxcap import fileio
 from jaxcap import paths
 from jaxcap.data import DataError, pipeline
-from jaxcap.evaluator import SplitInputs, map_grids
+from jaxcap.grids import SplitInputs, map_grids
 
 
 def directory(root: str, dataset_dir: str, encoder_name: str, weights_file: str | None, seed: int,
@@ -285,27 +286,21 @@ def _write(builder, split: str, encode: Callable, preprocessing, directory: str,
            what: str, verbose: bool) -> tuple[list[str], FeatureRows]:
   n = builder.info.splits[split].num_examples
   names, out = [], None
-  # Per-process temporary names: processes of a multi-host job sharing the cache folder never write one file.
-  tmp, tmp_names = (os.path.join(directory, f"{split}.tmp{os.getpid()}{ext}") for ext in (".npy", ".json"))
   bar = tqdm(total=n, desc=f"{what} {split}", unit="img", disable=not verbose)
   try:
-    for batch_names, grid, _ in encode_batches(builder, split, encode, preprocessing, batch_size):
-      if out is None:
-        out = RowWriter(tmp, n, grid.shape[1:], dtype)
-      out.write(grid)
-      names += batch_names
-      bar.update(len(grid))
-    bar.close()
-    assert out is not None and len(names) == n, (len(names), n)
-    out.close()
-    with open(tmp_names, "w") as f:
-      json.dump(names, f)
-    os.replace(tmp, os.path.join(directory, f"{split}.npy"))
-    os.replace(tmp_names, os.path.join(directory, f"{split}.json"))
+    with fileio.atomic_paths(*(os.path.join(directory, f"{split}{ext}") for ext in (".npy", ".json"))) as (tmp, tmp_names):
+      for batch_names, grid, _ in encode_batches(builder, split, encode, preprocessing, batch_size):
+        if out is None:
+          out = RowWriter(tmp, n, grid.shape[1:], dtype)
+        out.write(grid)
+        names += batch_names
+        bar.update(len(grid))
+      bar.close()
+      assert out is not None and len(names) == n, (len(names), n)
+      out.close()
+      with open(tmp_names, "w") as f:
+        json.dump(names, f)
   except OSError as e:
-    for f in (tmp, tmp_names):
-      if os.path.exists(f):
-        os.remove(f)
     cause, fix = paths.io_cause(e) or (e.strerror or str(e), "fix it")
     raise DataError(f"{directory}: cannot write the {'feature' if what == 'features' else 'pixel'} cache "
                     f"({cause}); {fix} and rerun (nothing half-written is kept)") from None

@@ -8,7 +8,7 @@ A feed knows
     each);
   - `batches(start, stop)`: this process's batches for steps start..stop-1, a pure function of the step, so a
     resumed run sees exactly the batches the uninterrupted one would;
-  - `eval_inputs(split, variables, limit)`: what validation decodes (`evaluator.SplitInputs`);
+  - `eval_inputs(split, variables, limit)`: what validation decodes (`grids.SplitInputs`);
   - `dispatches(chunks, mesh)` and `draw(static, mesh)`: what the loop runs, one jitted call per chunk of steps
     (`chunks`): (static, args) per chunk, and draw(static, mesh)(args, i, step) -> the batch of the chunk's i-th
     step inside that call. `HostBatches` gives them to every feed from `batches`; the train data of a
@@ -40,7 +40,7 @@ from jaxcap import augment, device_feed, feature_cache, train_state
 from jaxcap.cider import CiderD
 from jaxcap.data import batching, pipeline, tfds_builder
 from jaxcap.data import vocab as vocab_lib
-from jaxcap.evaluator import SplitInputs
+from jaxcap.grids import SplitInputs
 from jaxcap.models.caption_model import CaptionModel, encode_fn
 
 def prefetch(items: Iterator, size: int = 2) -> Iterator:

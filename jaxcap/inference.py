@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from jaxcap import checkpoint, consensus, evaluator
+from jaxcap import grids as grids_lib
 from jaxcap.checkpoint import CheckpointError  # noqa: F401  (what `load` raises)
 from jaxcap.data import batching
 from jaxcap.data import images as images_lib
@@ -145,16 +146,16 @@ class Captioner:
     parts = []
     for i in range(0, len(pixels), batch_size):
       n = len(pixels[i:i + batch_size])
-      parts.append(evaluator.map_grids(lambda g: np.asarray(g)[:n],  # noqa: B023
+      parts.append(grids_lib.map_grids(lambda g: np.asarray(g)[:n],  # noqa: B023
                                        self.encode(batching.pad_rows(pixels[i:i + batch_size], batch_size))))
-    return evaluator.map_grids(lambda *gs: np.concatenate(gs), *parts)
+    return grids_lib.map_grids(lambda *gs: np.concatenate(gs), *parts)
 
   def decode(self, grids: np.ndarray | tuple, beam_size: int = 1, max_len: int = 20, alpha: float = 0.0,
              batch_size: int | None = None) -> list[Result]:
     """Captions for feature grids [N, h, w, C] (from `encode_pixels`), through `evaluator.decode_grids` in
     batches of `batch_size` (default: all N at once). One compilation per (batch size, beam, max_len)."""
     out = evaluator.decode_grids(self.decoders, self.decoder_params, grids,
-                                 evaluator.Settings(beam_size, max_len, alpha, batch_size or evaluator.rows(grids)),
+                                 evaluator.Settings(beam_size, max_len, alpha, batch_size or grids_lib.rows(grids)),
                                  self.reranker)
     # Attention maps are over the first attending member's grid (`jaxcap.decode`).
     h, w = next((g.shape[1:3] for m, g in zip(self.members, member_grids(self.decoders, grids))

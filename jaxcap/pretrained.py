@@ -20,6 +20,7 @@ import sys
 import numpy as np
 from flax import serialization, traverse_util
 
+from jaxcap import fileio
 from jaxcap import paths
 from jaxcap.models import efficientnet_lite
 
@@ -39,10 +40,7 @@ def save(path: str, name: str, variables: dict, source: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   blob = serialization.msgpack_serialize({"format": FORMAT, "encoder": name, "source": source,
                                           "variables": variables})
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(blob)
-  os.replace(tmp, path)
+  fileio.write_atomic(path, blob)
 
 
 def load(path: str, expect: str | None = None) -> dict:

@@ -26,7 +26,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from jaxcap import evaluator
+from jaxcap.grids import map_grids
 from jaxcap.inference import Captioner, Result
 
 
@@ -182,7 +182,7 @@ class CaptionService:
         r = job.request
         groups[(r.beam_size, r.max_len, float(r.alpha))].append(i)
     for (k, max_len, alpha), idx in groups.items():
-      results = cap.decode(evaluator.map_grids(lambda g: g[idx], grids), k, max_len, alpha,  # noqa: B023
+      results = cap.decode(map_grids(lambda g: g[idx], grids), k, max_len, alpha,  # noqa: B023
                            self.bucket(len(idx)))
       calls += 1
       (greedy if k == 1 else beam).update(zip(idx, results))

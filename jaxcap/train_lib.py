@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from jaxcap import fileio
 from jaxcap import checkpoint, config_check, evaluator, feeds, metrics, train_state
 from jaxcap.data import dataset, tfds_builder
 from jaxcap.data import vocab as vocab_lib
@@ -337,9 +338,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log) ->
 def write_text(path: str, text: str) -> None:
   """Writes `text` whole or not at all (tmp file, then rename); a failure (disk full, permissions) is one line."""
   try:
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    fileio.write_atomic(path, text)
   except OSError as e:
     raise TrainError(f"{path}: cannot write ({e.strerror})") from None
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 import string
 from typing import Iterable, Sequence
+
+from jaxcap import fileio
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -77,10 +78,7 @@ class Vocab:
     return json.dumps({"format": "jaxcap.vocab/1", "min_count": self.min_count, "tokens": self.tokens})
 
   def save(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(self.to_json())
-    os.replace(tmp, path)
+    fileio.write_atomic(path, self.to_json())
 
   @classmethod
   def load(cls, path: str) -> "Vocab":
