@@ -1,10 +1,10 @@
-"""The accelerator bench of issue 12: one run, one JSON object, and the Markdown table for bench/README.md.
+"""The accelerator bench: one run, one JSON object, and the Markdown table for bench/README.md.
 
     python -m bench.accelerator --markdown $OUT/accelerator.md > $OUT/accelerator.json    # on a GPU machine
     python -m bench.accelerator --small --budget_s 300                                    # CPU smoke run
 
 Imports jax, flax, optax and numpy (and torch for the baseline), never TensorFlow: the lent GPU machines have
-none (the jaxcap modules it imports are checked to pull none in; `feeds.chunks` is not imported for that
+none (the jaxcap modules it imports are checked to pull none in; `feeds.host.chunks` is not imported for that
 reason). Random data of the real shapes: 7x7x1280 grids (float16, as cached), the real train vocabulary size
 (2,535 tokens at min count 5), Flickr8k train caption lengths (the histogram below, from Flickr8k.token.txt with
 `vocab.normalize`, <start> and <end> counted, cut at 24: mean 12.8 tokens), the shipped decoder of
@@ -56,7 +56,7 @@ def needed_train_gflop(b: int, t: int, v: int, e: int, h: int, a: int, c: int, n
 
 
 def dispatch_chunks(steps: int, k: int) -> list[tuple[int, int]]:
-  """(first step, steps) per call: `jaxcap.feeds.chunks` for one objective (that module imports TensorFlow)."""
+  """(first step, steps) per call: `jaxcap.feeds.host.chunks` for one objective (that module imports TensorFlow)."""
   return [(s, min(k, steps - s)) for s in range(0, steps, k)]
 
 
@@ -133,7 +133,7 @@ def main():
   from jax.sharding import Mesh
 
   from configs import flickr8k_lite0
-  from jaxcap import decode, device_feed, train_state
+  from jaxcap import decode, device_feed, objectives, train_state
   from jaxcap.models.decoder import Decoder
   sections = set(a.sections.split(","))
   width, channels = (64, 64) if a.small else (512, 1280)
@@ -186,7 +186,7 @@ def main():
           jax.random.PRNGKey(1), np.zeros((1, GRID_HW, GRID_HW, channels)), np.zeros((1, 2), np.int32))["params"])
       setup = train_state.build(cfg, model, variables, 100_000, trainable=("decoder",))
       setup.state = jax.tree.map(np.array, setup.state)  # host copies: device_put of a device array donates it
-      setups[(dtype, backward)] = (setup, train_state.cross_entropy(cfg, train_state.decoder_forward))
+      setups[(dtype, backward)] = (setup, objectives.cross_entropy(cfg, objectives.decoder_forward))
     return setups[(dtype, backward)]
 
   rng = np.random.default_rng(0)
@@ -320,7 +320,7 @@ def main():
       tokens = make_captions(batch, np.full(batch, a.length, np.int32), v, a.length, r).tokens
       batch_arrays = jax.device_put({"image": r.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
                                      "tokens": tokens, "mask": (tokens != 0).astype(np.float32)})
-      step = jax.jit(train_state.make_train_step(setup, train_state.cross_entropy(cfg, train_state.image_forward(True))),
+      step = jax.jit(train_state.make_train_step(setup, objectives.cross_entropy(cfg, objectives.image_forward(True))),
                      donate_argnums=0)
       state = jax.device_put(setup.state)
       c0 = time.perf_counter()

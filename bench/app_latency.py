@@ -1,12 +1,12 @@
 """Time from upload to caption of the Streamlit app in headless Chromium, and a screenshot.
 
-    python -m bench.app_latency --checkpoint workdirs/flickr8k_lite0 --data_dir ../shared/data/flickr8k \
+    python -m bench.app_latency --checkpoint workdirs/flickr8k_lite0 --data_dir /path/to/Flickr8k \
         [--checkpoint workdirs/seed1 ...] [--uploads 5] [--screenshot docs/app_screenshot.png]
 
 Starts `streamlit run serve_app.py` on a free localhost port, waits for the model to load, then uploads
 test-split photos one at a time and measures, in the browser, the seconds from the upload until the caption is
-on the page (greedy + beam 3 + attention view rendered), one photo per fresh page. Prints one JSON object with the median and the
-captions; keeps a screenshot of the first photo. Needs Debian's chromium and playwright (requirements.txt).
+on the page (greedy + beam 3 + attention view rendered), one photo per fresh page. Prints one JSON object with
+the median and the captions; keeps a screenshot of the first photo. Needs Debian's chromium and playwright (requirements.txt).
 """
 import argparse
 import json
@@ -23,10 +23,13 @@ ROOT = common.ROOT  # the repository: serve_app.py, docs/
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--checkpoint", required=True, action="append", help="repeat for an ensemble")
-  p.add_argument("--data_dir", default="../shared/data/flickr8k")
+  p.add_argument("--data_dir", default=os.environ.get("JAXCAP_FLICKR8K_DIR"),
+                 help="the Flickr8k folder, for test-split photos (default: $JAXCAP_FLICKR8K_DIR)")
   p.add_argument("--uploads", type=int, default=5)
   p.add_argument("--screenshot", default=os.path.join(ROOT, "docs", "app_screenshot.png"))
   a = p.parse_args()
+  if not a.data_dir:
+    p.error("the Flickr8k folder: give --data_dir or set JAXCAP_FLICKR8K_DIR")
   from playwright.sync_api import sync_playwright
 
   from jaxcap.data import flickr8k

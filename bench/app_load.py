@@ -1,6 +1,6 @@
 """The Streamlit app under many users: real Chromium sessions against a real `streamlit run`.
 
-    python -m bench.app_load --checkpoint workdirs/flickr8k_lite0 --data_dir ../shared/data/flickr8k \
+    python -m bench.app_load --checkpoint workdirs/flickr8k_lite0 --data_dir /path/to/Flickr8k \
         [--sessions 1,8,32] [--single_repeats 5] [--slider_photos 10] [--memory_uploads 200] [--app serve_app.py]
 
 Starts `streamlit run serve_app.py` on a free 127.0.0.1 port (PYTHONPATH = this repository, so the server
@@ -9,8 +9,8 @@ imports this checkout's jaxcap), opens one page first (the model loads and compi
 - sessions: for each N in --sessions, N fresh pages (each its own browser context, so its own Streamlit
   session) upload a different test-split photo at the same moment. Times run from a page's upload to its
   finished page: captions shown, the CSV button on the page, every image loaded, no element left stale by a
-  running script (checked in the page on every DOM change and image load). Prints each session's seconds, the time until every page was finished, the
-  errors (error or warning boxes, exceptions) and timeouts. N = 1 is repeated --single_repeats times.
+  running script (checked in the page on every DOM change and image load). Prints each session's seconds, the
+  time until every page was finished, the errors (error or warning boxes, exceptions) and timeouts. N = 1 is repeated --single_repeats times.
 - slider: one page uploads --slider_photos photos, then the first photo's attention slider is moved one word
   at a time (--slider_moves times); each move is timed until the new word's heat map is on the page and
   loaded. The server's model calls before and after come from the file the app writes when
@@ -271,7 +271,8 @@ async def run(a, url, photos, pid, stats_path, out: dict):
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--checkpoint", required=True)
-  p.add_argument("--data_dir", default="../shared/data/flickr8k")
+  p.add_argument("--data_dir", default=os.environ.get("JAXCAP_FLICKR8K_DIR"),
+                 help="the Flickr8k folder, for test-split photos (default: $JAXCAP_FLICKR8K_DIR)")
   p.add_argument("--app", default=os.path.join(ROOT, "serve_app.py"))
   p.add_argument("--sessions", default="1,8,32")
   p.add_argument("--single_repeats", type=int, default=5)
@@ -280,6 +281,8 @@ def main():
   p.add_argument("--memory_uploads", type=int, default=200)
   p.add_argument("--timeout", type=float, default=180.0, help="seconds any one wait may take")
   a = p.parse_args()
+  if not a.data_dir:
+    p.error("the Flickr8k folder: give --data_dir or set JAXCAP_FLICKR8K_DIR")
   a.sessions = [int(n) for n in a.sessions.split(",") if n]
   from jaxcap.data import flickr8k
 

@@ -1,11 +1,11 @@
 """Where the server's time goes in one app request and one attention-slider move (in process, Streamlit AppTest).
 
-    python -m bench.app_profile --checkpoint workdirs/flickr8k_lite0 [--app serve_app.py] [--photos 10]
+    python -m bench.app_profile --checkpoint workdirs/flickr8k_lite0 [--data_dir /path/to/Flickr8k] [--photos 10]
 
 Runs the app script as Streamlit does (AppTest: the same script runner, no browser), after the model has
 loaded, and times: an upload of 1 photo; an upload of `--photos` photos; and a move of the first photo's
-attention slider on that page (AppTest reruns the whole script for it; in a browser the current app reruns
-only that photo's fragment). Each step is run unprofiled for the wall time (median of `--repeats`, on fresh
+attention slider on that page (AppTest reruns the whole script for it; in a browser the app reruns only
+that photo's fragment). Each step is run unprofiled for the wall time (median of `--repeats`, on fresh
 pages and fresh photos so no cache helps) and once under cProfile, whose cumulative times are grouped by what
 they are: model (Captioner calls, or waiting on the batching worker), image decode, resize, attention overlay,
 display encoding (image bytes for the page), beams table, the rest (Streamlit). `--app` points at another
@@ -54,11 +54,14 @@ def grouped(profile: cProfile.Profile, total_s: float) -> dict:
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--checkpoint", required=True)
-  p.add_argument("--data_dir", default="../shared/data/flickr8k")
+  p.add_argument("--data_dir", default=os.environ.get("JAXCAP_FLICKR8K_DIR"),
+                 help="the Flickr8k folder, for test-split photos (default: $JAXCAP_FLICKR8K_DIR)")
   p.add_argument("--app", default=os.path.join(ROOT, "serve_app.py"))
   p.add_argument("--photos", type=int, default=10)
   p.add_argument("--repeats", type=int, default=3)
   a = p.parse_args()
+  if not a.data_dir:
+    p.error("the Flickr8k folder: give --data_dir or set JAXCAP_FLICKR8K_DIR")
   os.environ["JAXCAP_CHECKPOINT"] = a.checkpoint
   from streamlit.runtime.scriptrunner import script_runner
   from streamlit.testing.v1 import AppTest

@@ -2,7 +2,7 @@
 
     python -m bench.decoder [--repeats 7] [--skip_torch]
 
-Sizes as the issue fixes them: attention/embedding/LSTM 512, vocabulary 3000, 7x7x1280 frozen features.
+Sizes: attention/embedding/LSTM 512, vocabulary 3000, 7x7x1280 frozen features.
 - train step (forward + backward + AdamW update), attend mode, length 22, batch 32 and 64: captions/s, compile
   time, FLOP/s from XLA's cost analysis and from a hand count of the math the step needs, over the measured
   2048^2 f32 matmul peak;
@@ -40,7 +40,7 @@ def make_jax_train_step(b: int, t: int, deep_output: bool, attention_backward: s
   import jax.numpy as jnp
 
   from configs import default
-  from jaxcap import train_state
+  from jaxcap import objectives, train_state
 
   cfg = default.get_config()
   cfg.model.encoder, cfg.model.pretrained, cfg.model.image_size = "small_cnn", "", 32
@@ -56,7 +56,7 @@ def make_jax_train_step(b: int, t: int, deep_output: bool, attention_backward: s
   batch = {"grid": jnp.asarray(rng.normal(size=(b, 7, 7, C)), jnp.float16),
            "tokens": jnp.asarray(rng.integers(4, V, (b, t + 1)), jnp.int32),
            "mask": jnp.ones((b, t + 1), jnp.float32)}
-  objective = train_state.cross_entropy(cfg, train_state.decoder_forward)
+  objective = objectives.cross_entropy(cfg, objectives.decoder_forward)
   return train_state.make_train_step(setup, objective), state, batch
 
 

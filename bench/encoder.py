@@ -3,7 +3,7 @@
     python -m bench.encoder [--batch_sizes 32 64] [--repeats 5]
 
 EfficientNet-Lite0: jaxcap with the shifted depthwise kernel (the CPU default), jaxcap with XLA grouped
-convolution (before), and the efficientnet-lite-pytorch model. ResNet-50: jaxcap and a torchvision-layout
+convolution, and the efficientnet-lite-pytorch model. ResNet-50: jaxcap and a torchvision-layout
 torch model. Achieved FLOP/s from XLA's cost analysis, over a jitted 2048^2 f32 matmul measured in the same
 run. torch uses as many threads as JAX sees cores. Prints one JSON object. Needs requirements-torch.txt.
 """

@@ -1,6 +1,6 @@
 """Logit parity of the Flax EfficientNet-Lite0/1/2 with efficientnet-lite-pytorch, and the weights' normalization.
 
-    python -m bench.encoder_parity --data_dir ../shared/data/flickr8k [--num_images 64] [--encoder efficientnet_lite1]
+    python -m bench.encoder_parity --data_dir /path/to/flickr8k [--num_images 64] [--encoder efficientnet_lite1]
 
 Both models with the real ImageNet weights, on real Flickr8k photos. Parity: max |logit difference| and
 top-5 agreement over the photos. Normalization: for photos whose captions say "dog" (at least 3 of 5), the
@@ -21,11 +21,14 @@ NORMALIZATIONS = {"(x-127)/128": ((127,) * 3, (128,) * 3),
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--data_dir", default="../shared/data/flickr8k")
+  p.add_argument("--data_dir", default=os.environ.get("JAXCAP_FLICKR8K_DIR"),
+                 help="the Flickr8k folder (default: $JAXCAP_FLICKR8K_DIR)")
   p.add_argument("--num_images", type=int, default=64)
   p.add_argument("--encoder", default="efficientnet_lite0", choices=("efficientnet_lite0", "efficientnet_lite1",
                                                                       "efficientnet_lite2"))
   a = p.parse_args()
+  if not a.data_dir:
+    p.error("--data_dir (or $JAXCAP_FLICKR8K_DIR): the Flickr8k folder")
   import jax
   import torch
   from efficientnet_lite_pytorch import EfficientNet

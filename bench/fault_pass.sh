@@ -1,6 +1,6 @@
 #!/bin/bash
-# A new user's pass over every fault of issue 15, by hand through the CLIs (quickstart data, short runs); the fault
-# suite (tests/test_faults.py) asserts the same outcomes.
+# A new user's pass over every fault a long run meets, by hand through the CLIs (quickstart data, short runs);
+# the fault suite (tests/test_faults.py) asserts the same outcomes.
 # Prints, per fault, the commands and what the user sees (stderr filtered of TF/absl start-up noise).
 cd "$(dirname "$0")/.."   # run as root (tmpfs and bind mounts), in the venv: bash bench/fault_pass.sh [DIR]
 R=${1:-/tmp/jaxcap_fault_pass}; rm -rf $R; mkdir -p $R

@@ -8,7 +8,7 @@ for 200 steps at batch 64 streaming the grids from disk, next to the in-memory f
 2. Drops the file from the OS page cache (fsync + posix_fadvise DONTNEED: this file only), so the streamed
    phase starts cold and really reads the disk.
 3. Child processes training the shipped Flickr8k decoder (attend, deep output, 512; vocabulary 3,000) with the
-   trainer's own pieces (`feeds.grid_batches`, `train_lib.prefetch`, the jitted train step, at most two steps in
+   trainer's own pieces (`feeds.rows.grid_batches`, `feeds.host.prefetch`, the jitted train step, at most two steps in
    flight as `train_lib.InFlight` keeps them, glibc's mmap threshold fixed as `train_lib.steady_host_memory`
    sets it), on one batch schedule (5 captions per image, lengths 8-22, length-bucketed), every batch shape
    compiled before the timed steps (an XLA compilation cache shared by the children):
@@ -107,7 +107,8 @@ def phase(a) -> dict:
   import jax
 
   from bench.decoder import make_jax_train_step
-  from jaxcap import feature_cache, feeds, train_lib
+  from jaxcap import feature_cache, memory, train_lib
+  from jaxcap.feeds import host, rows as feed_rows
   from jaxcap.data import batching
 
   t_setup = time.perf_counter()
@@ -123,11 +124,11 @@ def phase(a) -> dict:
   image_index = np.repeat(np.arange(n, dtype=np.int32), CAPS)
   schedule = batching.Schedule(lengths, a.batch_size, seed=0)
   feeds_ = {"stream": (rows, batching.CaptionPairs(image_index, tokens, lengths))}
-  held = {"stream": f"all {n} grids streamed from disk ({rows.nbytes / 2**30:.2f} GB file)"}
+  held = {"stream": f"all {n} grids streamed from disk ({memory.gb(rows.nbytes)} file)"}
   if a.phase == "interleaved":
     keep = min(n, int(a.memory_gb * 2**30) // rows[:1].nbytes)
     feeds_["memory"] = (rows[:keep].load(), batching.CaptionPairs(image_index % keep, tokens, lengths))
-    held["memory"] = f"{keep} of {n} grids in host memory ({keep * rows[:1].nbytes / 2**30:.2f} GB)"
+    held["memory"] = f"{keep} of {n} grids in host memory ({memory.gb(keep * rows[:1].nbytes)})"
     drop_from_page_cache(a.path)  # the streamed rows start cold here too
   put = lambda b: jax.device_put(b)  # noqa: E731
 
@@ -138,12 +139,12 @@ def phase(a) -> dict:
   t_compile = time.perf_counter()
   for s in first_of.values():
     grids, pairs = feeds_["stream"]
-    state, m = step(state, put(next(feeds.grid_batches(grids, pairs, schedule, 24, s, s + 1))))
+    state, m = step(state, put(next(feed_rows.grid_batches(grids, pairs, schedule, 24, s, s + 1))))
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t_compile
   before, cpu0, load0 = proc_status(), os.times(), os.getloadavg()[0]
 
-  its = {k: train_lib.prefetch(map(put, feeds.grid_batches(g, p, schedule, 24, 0, a.steps)))
+  its = {k: host.prefetch(map(put, feed_rows.grid_batches(g, p, schedule, 24, 0, a.steps)))
          for k, (g, p) in feeds_.items()}
   spent = {k: 0.0 for k in its}
   block = a.block if a.phase == "interleaved" else a.steps

@@ -1,11 +1,11 @@
-"""The cached regime's train loop with each feed: host feed (gather in numpy + copy, one step per call, today's
-loop), device-resident feed (one step per call) and device-resident feed with K steps per call, on random data
-of the real shapes (7x7x1280 float16 grids, 5 captions an image, lengths 8-24 tokens, length-bucketed), the
+"""The cached regime's train loop with each feed: host feed (gather in numpy + copy, one step per call),
+device-resident feed (one step per call) and device-resident feed with K steps per call, on random data of the
+real shapes (7x7x1280 float16 grids, 5 captions an image, lengths 8-24 tokens, length-bucketed), the
 shipped decoder (attend, 512 wide, vocabulary 3,000), one process.
 
     python -m bench.feeds [--images 2000] [--steps 200] [--repeats 3] [--k 8] [--batch_size 64] [--small]
 
-The trainer's own pieces: `feeds.chunks`, `feeds.HostBatches` (prefetch thread), `device_feed.DeviceCaptions`,
+The trainer's own pieces: `feeds.host.chunks`, `feeds.host.HostBatches` (prefetch thread), `device_feed.DeviceCaptions`,
 `train_state.make_dispatch`. Each variant runs its steps once untimed (every shape compiled), then --repeats
 timed runs of the same steps from the same state. Per variant: median seconds of the run (min, max),
 captions/s, and CPU seconds per step spent making the steps' inputs (in the thread that makes them: the
@@ -52,7 +52,8 @@ def main():
   from jax.sharding import Mesh
 
   from configs import default
-  from jaxcap import device_feed, feeds, train_state
+  from jaxcap import device_feed, objectives, train_state
+  from jaxcap.feeds import host, rows as feed_rows
   from jaxcap.data import batching
 
   channels, width, vocab = (64, 64, 300) if a.small else (1280, 512, 3000)
@@ -65,7 +66,7 @@ def main():
   variables["params"]["decoder"] = model.decoder.init(jax.random.PRNGKey(1), np.zeros((1, 7, 7, channels)),
                                                       np.zeros((1, 2), np.int32))["params"]
   setup = train_state.build(cfg, model, variables, 10_000, trainable=("decoder",))
-  objective = train_state.cross_entropy(cfg, train_state.decoder_forward)
+  objective = objectives.cross_entropy(cfg, objectives.decoder_forward)
   host_state = jax.tree.map(np.array, setup.state)  # fresh device copies per run (the step donates its state)
 
   rng = np.random.default_rng(0)
@@ -78,12 +79,12 @@ def main():
   schedule = batching.Schedule(lengths, a.batch_size, 0)
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
 
-  class HostFeed(feeds.HostBatches):
+  class HostFeed(host.HostBatches):
     def batches(self, start, stop):
-      return feeds.grid_batches(grids, pairs, schedule, 24, start, stop)
+      return feed_rows.grid_batches(grids, pairs, schedule, 24, start, stop)
 
   def variant(name: str, feed, k: int) -> dict:
-    plan = feeds.chunks(0, a.steps, k, lambda s: objective)
+    plan = host.chunks(0, a.steps, k, lambda s: objective)
     compiled = {}
 
     def loop(state):
@@ -102,7 +103,7 @@ def main():
 
     # The host feed makes its inputs in the prefetch thread: time them there.
     if isinstance(feed, HostFeed):
-      orig = feeds.prefetch
+      orig = host.prefetch
       cpu = {"s": 0.0}
 
       def prefetch_timed(items, size=2):
@@ -119,7 +120,7 @@ def main():
             yield item
         return orig(timed(), size)
 
-      feeds.prefetch = prefetch_timed
+      host.prefetch = prefetch_timed
     state = jax.device_put(host_state)
     state, *_ = loop(state)  # compiles every shape
     runs = []
@@ -130,7 +131,7 @@ def main():
       _, secs, made_cpu, main_cpu, loss = loop(start_state)
       runs.append((secs, cpu["s"] if isinstance(feed, HostFeed) else made_cpu, main_cpu, loss))
     if isinstance(feed, HostFeed):
-      feeds.prefetch = orig
+      host.prefetch = orig
     secs = [r[0] for r in runs]
     med = statistics.median(secs)
     return {"variant": name, "steps_per_dispatch": k, "median_s": med, "min_s": min(secs), "max_s": max(secs),
@@ -141,7 +142,7 @@ def main():
 
   device = lambda k: device_feed.DeviceCaptions(grids, pairs, a.batch_size, 0, True, 24, shards=1,  # noqa: E731
                                                 n_devices=jax.device_count(), steps_per_dispatch=k)
-  rows = [variant("host feed, 1 step/call (today's loop)", HostFeed(), 1),
+  rows = [variant("host feed, 1 step/call", HostFeed(), 1),
           variant("device feed, 1 step/call", device(1), 1),
           variant(f"device feed, {a.k} steps/call", device(a.k), a.k)]
   emit({"bench": "feeds", "machine": machine(), "images": a.images,

@@ -1,27 +1,31 @@
 """End-to-end train step with the encoder fine-tuned (images/s), next to the input pipeline feeding it.
 
-    python -m bench.finetune_step --data_dir ../shared/data/flickr8k [--encoder efficientnet_lite0 --batch_size 32]
+    python -m bench.finetune_step --data_dir /path/to/flickr8k [--encoder efficientnet_lite0 --batch_size 32]
 
 Runs the finetune-regime train step (encoder + attention decoder, forward, backward, AdamW) on real batches
 from the tf.data pipeline (with augmentation), and the pipeline alone, in the same run: the pipeline must
 deliver well over what the step consumes. Also the step's compile time. Prints one JSON object.
 """
 import argparse
+import os
 
 from bench.common import emit, machine, time_train_step, timeit
 
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--data_dir", default="../shared/data/flickr8k")
+  p.add_argument("--data_dir", default=os.environ.get("JAXCAP_FLICKR8K_DIR"),
+                 help="the Flickr8k folder (default: $JAXCAP_FLICKR8K_DIR)")
   p.add_argument("--encoder", default="efficientnet_lite0")
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--repeats", type=int, default=5)
   a = p.parse_args()
+  if not a.data_dir:
+    p.error("--data_dir (or $JAXCAP_FLICKR8K_DIR): the Flickr8k folder")
   import jax
 
   from configs import default
-  from jaxcap import train_state
+  from jaxcap import objectives, train_state
   from jaxcap.data import pipeline, tfds_builder
   from jaxcap.data import vocab as V
 
@@ -36,7 +40,7 @@ def main():
   state = jax.device_put(setup.state)
   it = pipeline.train_batches(builder, vocab, batch_size=a.batch_size, max_len=cfg.data.max_len,
                               preprocessing=model.encoder.preprocessing, augment=True)
-  objective = train_state.cross_entropy(cfg, train_state.image_forward(True))
+  objective = objectives.cross_entropy(cfg, objectives.image_forward(True))
   step = jax.jit(train_state.make_train_step(setup, objective), donate_argnums=0)
   batch = jax.device_put(next(it))
   r_step, compile_s, _ = time_train_step(step, state, batch, a.repeats)

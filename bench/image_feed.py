@@ -1,8 +1,8 @@
 """The fine-tune regime's two image feeds on the same data, the trainer's own classes: tf.data
-(`feeds.ImageStream`: every image decoded and resized every epoch) and the images decoded once
-(`feeds.DecodedImages`, uint8 in host memory or on the device, augmentation on the device).
+(`feeds.images.ImageStream`: every image decoded and resized every epoch) and the images decoded once
+(`feeds.images.DecodedImages`, uint8 in host memory or on the device, augmentation on the device).
 
-    python -m bench.image_feed --data_dir ../shared/data/flickr8k [--size 224] [--batch_size 32] [--steps 40]
+    python -m bench.image_feed --data_dir /path/to/flickr8k [--size 224] [--batch_size 32] [--steps 40]
         [--repeats 3] [--augment] [--feeds stream,host,device]
 
 A small_cnn encoder (random init) and a small attention decoder, so the step is light and the input's cost
@@ -39,6 +39,7 @@ def main():
 
   from configs import default
   from jaxcap import feeds, train_lib, train_state
+  from jaxcap.feeds import host
 
   cfg = default.get_config()
   if a.data_dir:
@@ -63,7 +64,7 @@ def main():
     build_s = time.perf_counter() - t0
     setup = train_state.build(c, model, variables, 10_000, feed.trainable)
     host_state = jax.tree.map(np.array, setup.state)
-    plan = feeds.chunks(0, total, 1, feed.objective)
+    plan = host.chunks(0, total, 1, feed.objective)
     compiled = {}
 
     def loop(train_too: bool):

@@ -2,7 +2,7 @@
 the whole jitted step (sampling, the CIDEr-D reward called back on the host, the teacher-forced policy
 gradient, the optimizer) and, inside it, the reward's host time; plus sampling alone.
 
-    python -m bench.self_critical --init_from workdirs/flickr8k_lite0 [--data_dir ../shared/data/flickr8k] \
+    python -m bench.self_critical --init_from workdirs/flickr8k_lite0 [--data_dir /path/to/flickr8k] \
         [--steps 5] [--batch_size 64] [--samples 5]
 
 The trainer's own pieces (`train_lib.load_data`, `feeds.make_feed`, `train_state.build/make_train_step`), so the
@@ -10,6 +10,7 @@ figures are the training run's. Prints one JSON object: seconds per step (median
 compile step), the reward's share of it, and sampling's.
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -20,17 +21,20 @@ from bench.common import emit, machine, timeit
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--init_from", required=True, help="a cross-entropy workdir or checkpoint")
-  p.add_argument("--data_dir", default="../shared/data/flickr8k")
+  p.add_argument("--data_dir", default=os.environ.get("JAXCAP_FLICKR8K_DIR"),
+                 help="the Flickr8k folder (default: $JAXCAP_FLICKR8K_DIR)")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--samples", type=int, default=5)
   p.add_argument("--max_len", type=int, default=20)
   a = p.parse_args()
+  if not a.data_dir:
+    p.error("--data_dir (or $JAXCAP_FLICKR8K_DIR): the Flickr8k folder")
 
   import jax
 
   from configs import flickr8k_lite0
-  from jaxcap import checkpoint, decode, feeds, train_lib, train_state
+  from jaxcap import checkpoint, decode, feeds, objectives, train_lib, train_state
 
   _, meta, _ = checkpoint.load(a.init_from)
   config = flickr8k_lite0.get_config()
@@ -42,7 +46,7 @@ def main():
   builder, vocab, train, dev = train_lib.load_data(config, "/nonexistent", verbose=False)
   model, variables = train_state.init_model(config, len(vocab), vocab.tokens)
   feed = feeds.make_feed(config, builder, model, variables, vocab, train, dev, log=lambda *x: None, verbose=False)
-  reward = feeds.CiderReward(vocab, train)
+  reward = objectives.CiderReward(vocab, train)
   reward_s = []
 
   def timed_reward(tokens, index):
@@ -51,7 +55,7 @@ def main():
     reward_s.append(time.perf_counter() - t)
     return r
 
-  objective = train_state.self_critical(config, timed_reward)
+  objective = objectives.self_critical(config, timed_reward)
   setup = train_state.build(config, model, variables, 1000, feed.trainable)
   step = jax.jit(train_state.make_train_step(setup, objective), donate_argnums=0)
   state = jax.device_put(setup.state)

@@ -2,10 +2,10 @@
 decoder with the deep output layer. Meant for an accelerator (GPU or TPU): bf16 compute, batch 256.
 
     python -m jaxcap.pretrained convert efficientnet_lite0      # once (needs requirements-torch.txt)
-    python train.py --config configs/coco_lite0.py --workdir workdirs/coco_lite0 [--config.data.tfds_dir=DIR]
+    python train.py --config configs/coco_lite0.py [--config.data.tfds_dir=DIR]
 
-Not trained here: this project's machine has neither COCO nor an accelerator, so there are no expected figures
-for this recipe yet; the settings are Flickr8k's recipe scaled to COCO's size, not tuned.
+Not trained here (neither COCO nor an accelerator was available), so there are no expected figures yet; the
+settings are Flickr8k's recipe scaled to COCO's size, not tuned.
 
 TFDS downloads and prepares coco_captions the first time (the COCO 2014 images, some 20 GB, into data.tfds_dir or
 ~/tensorflow_datasets). Train is Karpathy's train + restval (113,287 images, about 567k captions, so about 2,200
@@ -24,6 +24,7 @@ from configs import default
 def get_config():
   c = default.get_config()
   c.data.dataset = "tfds:coco_captions"
+  c.data.data_dir = ""  # TFDS reads data.tfds_dir
   c.data.use_restval = True  # 82,783 train + 30,504 restval images: the usual 113,287
   c.model.encoder = "efficientnet_lite0"
   c.model.pretrained = "default"

@@ -1,10 +1,15 @@
-"""Every knob a jaxcap training run has, with its default. Variants import this and override a few fields.
+"""Every knob a jaxcap training run has, with its default. The other configs import this and override a few.
 
-    python train.py --config configs/default.py --workdir workdirs/NAME --config.train.batch_size=32
+    python train.py --config configs/default.py --config.data.data_dir=/path/to/flickr8k
 
-The ranges and choices below are checked before any work (`jaxcap/config_check.py`): a value outside them is
-one line naming the field, the value and what is allowed.
+Trains on Flickr8k: frozen EfficientNet-Lite0 features, Show-Attend-Tell decoder, 4 epochs. No figures of its
+own: configs/flickr8k_lite0.py is this plus the deep output layer, and gives the expected results.
+
+The ranges and choices below are checked before any work (`jaxcap/config_check.py`): a value outside them, a
+field the run would ignore, or a dataset folder that is not there is one line naming the field.
 """
+import os
+
 import ml_collections
 
 
@@ -19,8 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   # "tfds:coco_captions"). Read in one place, jaxcap/data/dataset.py.
   c.data.dataset = "flickr8k"
   # flickr8k: the folder; karpathy: the image folder the JSON's [filepath/]filename paths are relative to;
-  # tfds: unused. "" with synthetic=True generates the synthetic dataset (a Flickr8k folder).
-  c.data.data_dir = ""
+  # tfds and synthetic: unused (""). Default: the environment variable JAXCAP_FLICKR8K_DIR, else "".
+  c.data.data_dir = os.environ.get("JAXCAP_FLICKR8K_DIR", "")
   # karpathy: the dataset_*.json ("" = the single dataset_*.json in data_dir).
   c.data.karpathy_json = ""
   # karpathy and tfds: put Karpathy's "restval" images in train (COCO: 82,783 + 30,504 = the usual 113,287).
@@ -62,8 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Xu et al.'s deep output layer (tanh(L [h; context] + E y_prev), embed_dim wide) before the vocabulary.
   c.model.deep_output = False
   # Attention recurrence's backward pass in training: "manual" (hand-written, keeps weight gradients out of the
-  # time loop), "autodiff" (nn.scan differentiated by JAX), or "auto" (manual: faster on CPU; see bench/README.md).
-  c.model.attention_backward = "auto"
+  # time loop) or "autodiff" (nn.scan differentiated by JAX). The same function; only the speed differs.
+  c.model.attention_backward = "manual"
   # Compute dtype: float32, or bfloat16 on accelerators (parameters and optimizer state stay float32).
   c.model.dtype = "float32"
   # Depthwise conv kernel: auto (shifted slices on CPU, library conv elsewhere) | shifted | conv.
@@ -126,6 +131,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Train steps per jitted call (>= 1; a lax.scan over the steps), so a fast device does not wait on Python
   # between steps. log_every, eval_every and checkpoint_every must be multiples of it.
   c.train.steps_per_dispatch = 1
+  # The host-to-device transfer guard (`jax.transfer_guard` level) every dispatch after the first runs under:
+  # "disallow_explicit" stops a run whose steady-state loop copies anything to the devices (the device-resident
+  # feed copies nothing per step; a host-fed step copies its batch). "allow": no check.
+  c.train.transfer_guard = "allow"
   # Sort captions by length inside chunks so short ones do not pay for padding (cached regime).
   c.train.length_bucketing = True
   # Finetune regime: encoder learning rate (>= 0) and the step from which the encoder trains (>= 0).

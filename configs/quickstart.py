@@ -2,7 +2,8 @@
 
     python train.py            # = python train.py --config configs/quickstart.py --workdir workdirs/quickstart
 
-Expect greedy BLEU-4 >= 0.9 on the synthetic test split after a few minutes on a 2-core CPU.
+Expect test greedy BLEU-4 about 0.98 on the synthetic test split (CI fails below 0.9), in about 2 minutes on a
+2-core CPU, data generation included; the same with --config.model.dtype=bfloat16.
 """
 from configs import default
 
@@ -10,6 +11,7 @@ from configs import default
 def get_config():
   c = default.get_config()
   c.data.synthetic = True
+  c.data.data_dir = ""  # generated into data.synthetic_dir: no folder to read
   c.data.synthetic_num_images = 2000
   c.data.synthetic_size = 64
   c.data.max_len = 12

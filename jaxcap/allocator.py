@@ -2,8 +2,8 @@
 
 With glibc's defaults, the buffers XLA's CPU runtime allocates and frees every step (the step's temporaries,
 tens to hundreds of MB) go back to the kernel when freed (mmap'd above 32 MB; per-thread arenas unmapped or
-trimmed once empty), and each new step faults the same memory in again, zeroed page by page. On the 2-core CPU
-that was 15% of a training run's CPU time (`sys` in `/usr/bin/time`). Keeping freed memory in one heap (no mmap
+trimmed once empty), and each new step faults the same memory in again, zeroed page by page: on a 2-core CPU
+about 15% of a training run's CPU time (`sys` in `/usr/bin/time`). Keeping freed memory in one heap (no mmap
 for large blocks, no trimming, one arena) lets the next step reuse it; it changes no result, only where buffers
 live. Set by hand because glibc reads its own environment knob (GLIBC_TUNABLES) only at process start, before
 Python runs. `JAXCAP_MALLOC=system` keeps glibc's defaults (for an A/B); a user who sets malloc tunables in

@@ -1,5 +1,6 @@
-"""Image augmentation on the devices, inside the jitted step: the decoded fine-tune feed's (`feeds.DecodedImages`)
-uint8 batches are cropped and colour-jittered where they already are, so the host does no per-step image work.
+"""Image augmentation on the devices, inside the jitted step: the decoded fine-tune feed's
+(`feeds.images.DecodedImages`) uint8 batches are cropped and colour-jittered where they already are, so the host
+does no per-step image work.
 
 The same distribution as the tf.data path's (`jaxcap.data.pipeline._augment`): a square crop of 0.8..1.0 of
 the side at a random place, resized back (bilinear), brightness +-0.1 * 255 and contrast 0.9..1.1 (about each

@@ -46,11 +46,12 @@ def main(argv=None) -> int:
 
   import numpy as np
 
+  from jaxcap import logs
+  from jaxcap.checkpoint import CheckpointError
   from jaxcap.data.images import ImageError
-  from jaxcap import checkpoint
-  from jaxcap.inference import Captioner, CheckpointError
+  from jaxcap.inference import Captioner
 
-  checkpoint.quiet_orbax_errors()
+  logs.install()
 
   try:
     cap = Captioner.load(a.checkpoint, warn=lambda m: print(m, file=sys.stderr))

@@ -3,12 +3,26 @@
 `check(config)` raises `ConfigError` whose message is one line naming the field, the value and what is
 allowed, e.g. `config train.batch_size=0 is not allowed: must be an integer >= 1`. The trainer calls it first
 thing, so a bad value never starts data preparation or a run that "succeeds" with BLEU 0. The allowed values
-are the ones `configs/default.py` documents.
+are the ones `configs/default.py` documents. It also refuses:
+  - a field the run would ignore, set away from its unused value (`ignored`), e.g. data.data_dir with
+    data.synthetic=True, or train.augment outside the finetune regime;
+  - a dataset folder that is not set or not there (`missing_folders`), naming the flag and the environment
+    variable the shipped configs read it from.
+`check_data(config, train, dev)` refuses what the data cannot satisfy (a batch larger than the train split, more
+dev images than it has); the trainer calls it once the split sizes are known, before any training work.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
+
+# The values of train.regime (the feeds, `jaxcap.feeds.FEEDS`, have one class for each).
+REGIMES = ("cached", "finetune", "self_critical")
+# The environment variables the shipped configs read data.data_dir from: configs/default.py (and every Flickr8k
+# config after it) and configs/flickr30k_lite0.py.
+FLICKR8K_DIR_VARIABLE = "JAXCAP_FLICKR8K_DIR"
+FLICKR30K_DIR_VARIABLE = "JAXCAP_FLICKR30K_DIR"
 
 
 class ConfigError(ValueError):
@@ -51,8 +65,7 @@ TEXT = ((lambda v: isinstance(v, str)), "a string")
 
 def rules() -> dict[str, tuple[Callable, str]]:
   """field -> (predicate, what is allowed). Choices come from the code that uses them."""
-  from jaxcap import feeds
-  from jaxcap.models.decoder import MODES
+  from jaxcap.models.decoder import BACKWARDS, MODES
   from jaxcap.models.encoders import NAMES
   return {
       "seed": integer(0),
@@ -79,8 +92,8 @@ def rules() -> dict[str, tuple[Callable, str]]:
       "model.deep_output": BOOL,
       "model.dtype": one_of("float32", "bfloat16"),
       "model.depthwise_impl": one_of("auto", "shifted", "conv"),
-      "model.attention_backward": one_of("auto", "manual", "autodiff"),
-      "train.regime": one_of(*feeds.FEEDS),
+      "model.attention_backward": one_of(*BACKWARDS),
+      "train.regime": one_of(*REGIMES),
       "train.batch_size": integer(1),
       "train.num_epochs": integer(0),
       "train.num_steps": integer(0),
@@ -116,6 +129,7 @@ def rules() -> dict[str, tuple[Callable, str]]:
       "train.feed_placement": one_of("auto", "device", "host"),
       "train.device_memory_gb": number(0),
       "train.steps_per_dispatch": integer(1),
+      "train.transfer_guard": one_of("allow", "log", "disallow", "log_explicit", "disallow_explicit"),
       "data.dataset": ((lambda v: isinstance(v, str) and (v in ("flickr8k", "karpathy") or
                                                            (v.startswith("tfds:") and len(v) > 5))),
                        "flickr8k, karpathy or tfds:<name>"),
@@ -136,9 +150,90 @@ def _get(config, dotted: str):
 _MISSING = object()
 
 
+def _kind(data) -> str:
+  """What data.data_dir is for: "synthetic" (generated, no folder), "flickr8k", "karpathy" or "tfds"."""
+  if data.get("synthetic", False):
+    return "synthetic"
+  name = data.get("dataset", "flickr8k") or "flickr8k"
+  return "tfds" if name.startswith("tfds:") else name
+
+
+def ignored(config) -> list[str]:
+  """A line for each field the run would not read, set away from its unused value (configs/default.py's)."""
+  d, m, t = config.data, config.model, config.train
+  kind, regime = _kind(d), t.regime
+  not_finetune = f"only train.regime=finetune reads images and trains the encoder (this run: {regime!r})"
+  not_scst = f"only train.regime=self_critical samples captions (this run: {regime!r})"
+  not_synthetic = "only data.synthetic=True generates data (this run reads data.data_dir)"
+  # (field, its unused value, whether this run ignores it, why)
+  table = [
+      ("data.data_dir", "", kind == "synthetic", "data.synthetic=True trains on generated shapes; to train on a "
+       "folder use a dataset config, e.g. --config configs/flickr8k_lite0.py --config.data.data_dir=DIR"),
+      ("data.data_dir", "", kind == "tfds", f"data.dataset={d.get('dataset')!r} is read through TFDS, whose "
+       "folder is data.tfds_dir"),
+      ("data.dataset", "flickr8k", kind == "synthetic", "data.synthetic=True generates a Flickr8k folder; set "
+       "--config.data.synthetic=False to read this dataset"),
+      ("data.karpathy_json", "", kind != "karpathy", "only data.dataset=karpathy reads it"),
+      ("data.use_restval", True, kind in ("flickr8k", "synthetic"), "a Flickr8k folder has no restval split "
+       "(Karpathy JSONs and TFDS datasets do)"),
+      ("data.synthetic_dir", "", kind != "synthetic", not_synthetic),
+      ("data.synthetic_num_images", 2000, kind != "synthetic", not_synthetic),
+      ("data.synthetic_size", 64, kind != "synthetic", not_synthetic),
+      ("model.attention_backward", "manual", m.get("decoder_mode") != "attend",
+       "only model.decoder_mode=attend has an attention recurrence"),
+      ("train.augment", False, regime != "finetune", not_finetune),
+      ("train.finetune_from_step", 0, regime != "finetune", not_finetune),
+      ("train.image_feed", "auto", regime != "finetune", not_finetune),
+      ("train.length_bucketing", True, regime == "finetune", "the finetune regime's feeds do not bucket captions "
+       "by length (the cached regime does)"),
+      ("train.scst_samples", 5, regime != "self_critical", not_scst),
+      ("train.scst_temperature", 1.0, regime != "self_critical", not_scst),
+      ("train.scst_baseline", "others", regime != "self_critical", not_scst),
+  ]
+  out = []
+  for field, unused, is_ignored, why in table:
+    value = _get(config, field)
+    if is_ignored and value is not _MISSING and value != unused:
+      source = [v for v in (FLICKR8K_DIR_VARIABLE, FLICKR30K_DIR_VARIABLE)
+                if field == "data.data_dir" and os.environ.get(v) == value]
+      out.append(f"{field}={value!r}{f' (from ${source[0]})' if source else ''} is ignored: {why}")
+  steps, decay = t.get("num_steps", 0), t.get("decay_steps", 0)
+  if steps and 0 < decay < steps:
+    out.append(f"train.decay_steps={decay} is ignored: the schedule is never shorter than the run (train.num_steps="
+               f"{steps}); 0 = the run's length")
+  return out
+
+
+def missing_folders(config) -> list[str]:
+  """A line for a dataset folder or Karpathy JSON the config needs and does not name, or names but is not there."""
+  d = config.data
+  kind, data_dir = _kind(d), d.get("data_dir", "")
+  out = []
+  if kind in ("flickr8k", "karpathy"):
+    how = (f"set --config.data.data_dir=/path/to/flickr8k or {FLICKR8K_DIR_VARIABLE}" if kind == "flickr8k" else
+           f"set --config.data.data_dir=/path/to/images or the variable the config reads ({FLICKR30K_DIR_VARIABLE}: "
+           f"configs/flickr30k_lite0.py, {FLICKR8K_DIR_VARIABLE}: the Flickr8k configs)")
+    if not data_dir:
+      out.append(f"data.data_dir is not set: data.dataset={d.get('dataset', 'flickr8k')!r} reads a folder; {how}")
+    elif not os.path.isdir(os.path.expanduser(data_dir)):
+      out.append(f"data.data_dir={data_dir!r} is not a folder: {how}")
+  json_path = d.get("karpathy_json", "")
+  if kind == "karpathy" and json_path and not os.path.isfile(os.path.expanduser(json_path)):
+    out.append(f"data.karpathy_json={json_path!r} is not a file: set --config.data.karpathy_json=/path/to/"
+               f"dataset_NAME.json (\"\" = the one dataset_*.json in data.data_dir)")
+  return out
+
+
+def _raise(problems: list[str]) -> None:
+  if problems:
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    raise ConfigError(f"config {problems[0]}{more}")
+
+
 def check(config, device_count: int | None = None) -> None:
   """Raises ConfigError for the first field outside its range or choices (fields a config lacks are left to
-  their users' defaults). `device_count`: the global batch must split evenly over that many devices."""
+  their users' defaults), then for a field the run would ignore, then for a dataset folder that is not there.
+  `device_count`: the global batch must split evenly over that many devices."""
   problems = []
   for field, (ok, what) in rules().items():
     value = _get(config, field)
@@ -155,6 +250,22 @@ def check(config, device_count: int | None = None) -> None:
     if not problems and field in t and t[field] % k:
       problems.append(f"train.{field}={t[field]} is not allowed: must be a multiple of train.steps_per_dispatch={k}"
                       f" (intervals fall on dispatch ends)")
-  if problems:
-    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-    raise ConfigError(f"config {problems[0]}{more}")
+  _raise(problems or ignored(config) or missing_folders(config))
+
+
+def check_data(config, train: tuple[list, dict], dev: tuple[list, dict]) -> None:
+  """Raises ConfigError for a value the data cannot satisfy; `train` and `dev` are a split's (image names,
+  name -> captions)."""
+  t, problems = config.train, []
+  if t.regime == "self_critical":
+    n, what = len(train[0]), "images (a self-critical batch is images)"
+  else:
+    n, what = sum(len(train[1][name]) for name in train[0]), "captions"
+  if t.batch_size > n:
+    problems.append(f"train.batch_size={t.batch_size} is more than the train split's {n} {what}: an epoch would "
+                    f"hold no batch; use at most {n}")
+  n_dev, limit = len(dev[0]), t.get("eval_num_images", 0)
+  if limit > n_dev:
+    problems.append(f"train.eval_num_images={limit} is more than the dev split's {n_dev} images: use at most "
+                    f"{n_dev} (0 = all)")
+  _raise(problems)

@@ -76,7 +76,7 @@ def greedy(decoder: Members, params, grid: Grids, max_len: int = 20):
 
   Stops early (lax.while_loop) once every caption has emitted <end>. An ensemble takes the argmax of the mean
   of the members' logits: the same word as the argmax of their mean log-probability (the log-normalizers are
-  one constant per row), and for one member exactly today's argmax of its logits.
+  one constant per row), and for one member exactly the argmax of its logits.
   """
   decoders, params = members(decoder, params)
   grids = member_grids(decoders, grid)
@@ -250,7 +250,7 @@ def beam_search(decoder: Members, params, grid: Grids, beam_size: int = 3, max_l
 
   init = (jnp.int32(0), live_lp, seqs, alphas, carries, last, fin_scores, fin_lp, fin_seqs, fin_alphas)
   t, live_lp, seqs, alphas, _, _, fin_scores, fin_lp, fin_seqs, fin_alphas = jax.lax.while_loop(cond, body, init)
-  # Unended live beams fill the slots no ended hypothesis took (peers crash when none ends).
+  # Unended live beams fill the slots no ended hypothesis took, so an image with no ended hypothesis still gets K.
   live_scores = live_lp / length_penalty(t, alpha)
   # Ranking: real ended hypotheses, then real live ones, then empty slots.
   fin_rank = jnp.where(fin_scores > NEG_INF / 2, fin_scores, 4 * NEG_INF)

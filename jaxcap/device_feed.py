@@ -1,4 +1,4 @@
-"""Train data resident on the devices: the rows of each image (the cached regime's grids, or the fine-tune
+"""Train data resident on the devices: a row per train image (the cached regime's grids, or the fine-tune
 feed's decoded uint8 pixels), caption tokens and the image row of each caption are put on the devices once, and
 every step gathers its batch there by index, so the host gathers and copies nothing per step (64 grids of
 7x7x1280 are 8 MB a step at batch 64; 64 images of 224x224x3, 9.6 MB; at a GPU's batch of 1024, 16x that).
@@ -11,7 +11,7 @@ Layout (`placement` picks it and logs it with the sizes):
     `Schedule`, seeded (seed, d)). The data order is a different one from the host feed's; each process reads
     and holds only its devices' shards.
 Both are one shape: data arrays whose leading axis is split over S shards (S = 1 or D) and a table
-[steps, B] of row indices (global for S = 1, shard-local for S = D); device d takes its B/D columns.
+[steps, B] of caption indices (global for S = 1, shard-local for S = D); device d takes its B/D columns.
 
 The order stays a pure function of the step: the table of an epoch (indices only, steps x B x 4 bytes) is made
 on the host from (seed, epoch) and uploaded once per epoch, and the step reads its row from the train state's
@@ -26,45 +26,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxcap import train_state
+from jaxcap import memory, train_state
 from jaxcap.data import batching
 from jaxcap.data import vocab as vocab_lib
 
 
-def device_budget(config, devices) -> int:
-  """Bytes of train data a device may hold: `train.device_memory_gb`, else half of what the device has free (CPU
-  devices share the host's memory: half the available memory over the local devices)."""
-  if config.train.device_memory_gb > 0:
-    return int(config.train.device_memory_gb * 2**30)
-  stats = jax.local_devices()[0].memory_stats() or {}  # only this process's devices can be asked
-  if "bytes_limit" in stats:
-    budget = (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 2
-  else:
-    from jaxcap.feeds import available_memory
-    budget = available_memory() // 2 // max(jax.local_device_count(), 1)
-  return process_min(budget)  # every process must make the same choice, or their collectives would not match
-
-
-def process_min(value: int) -> int:
-  """The smallest of every process's `value` (itself in a one-process job): a choice all processes agree on."""
-  if jax.process_count() == 1:
-    return value
-  from jax.experimental import multihost_utils
-  return int(np.min(multihost_utils.process_allgather(np.int64(value))))
-
-
-def placement(config, grid_bytes: int, pairs: batching.CaptionPairs, devices, log=print, what: str = "grids") -> str:
+def placement(config, row_bytes: int, pairs: batching.CaptionPairs, devices, log=print,
+              row_kind: str = "rows") -> str:
   """"replicate", "shard" or "host", by `train.feed_placement` and what fits a device (logged with the sizes of
-  the train `what`: grids or images); "device" that fits nowhere is a one-line error pointing to the host feed."""
+  the train rows, `row_bytes` of `row_kind`: "grids" or "images"); "device" that fits nowhere is a one-line error
+  pointing to the host feed."""
   t, n_dev = config.train, len(devices)
   want = t.feed_placement
   caption_bytes = pairs.tokens.nbytes + pairs.image_index.nbytes
   table_bytes = (len(pairs.lengths) // t.batch_size + t.steps_per_dispatch) * t.batch_size * 4
-  whole = grid_bytes + caption_bytes + table_bytes
-  shard = math.ceil(grid_bytes / n_dev * 1.05) + math.ceil((caption_bytes + table_bytes) / n_dev * 1.2)  # uneven
-  budget = device_budget(config, devices)
-  gb = lambda b: f"{b / 2**30:.3f} GB"  # noqa: E731
-  sizes = (f"train {what} {gb(grid_bytes)} + captions {gb(caption_bytes)} + index table {gb(table_bytes)}: "
+  whole = row_bytes + caption_bytes + table_bytes
+  shard = math.ceil(row_bytes / n_dev * 1.05) + math.ceil((caption_bytes + table_bytes) / n_dev * 1.2)  # uneven
+  budget = memory.device_budget(config, devices)
+  gb = lambda b: memory.gb(b, 3)  # noqa: E731
+  sizes = (f"train {row_kind} {gb(row_bytes)} + captions {gb(caption_bytes)} + index table {gb(table_bytes)}: "
            f"{gb(whole)} per device replicated, ~{gb(shard)} sharded over {n_dev}; budget {gb(budget)} per device")
   if want == "host":
     choice = "host"
@@ -77,24 +57,24 @@ def placement(config, grid_bytes: int, pairs: batching.CaptionPairs, devices, lo
                                  f"train.feed_placement=host (or auto), or raise train.device_memory_gb")
   else:
     choice = "host"
-  what = {"host": "on the host (batches gathered and copied every step)", "replicate": "on the devices, replicated",
-          "shard": f"on the devices, sharded over {n_dev}"}[choice]
-  log(f"train feed: {what}; {sizes}; train.feed_placement={want}")
+  where = {"host": "on the host (batches gathered and copied every step)", "replicate": "on the devices, replicated",
+           "shard": f"on the devices, sharded over {n_dev}"}[choice]
+  log(f"train feed: {where}; {sizes}; train.feed_placement={want}")
   return choice
 
 
 class DeviceCaptions:
-  """The device-resident train data and its batches (see the module docstring): `grids` [N, ...] are the rows
-  of the images, drawn into the batch as `key` ("grid": cached features, "image": pixels)."""
+  """The device-resident train data and its batches (see the module docstring): `rows` [N, ...] holds a row per
+  train image, drawn into the batch as `key` ("grid": cached features, "image": pixels)."""
 
-  def __init__(self, grids, pairs: batching.CaptionPairs, batch_size: int, seed: int, bucket: bool, max_len: int,
+  def __init__(self, rows, pairs: batching.CaptionPairs, batch_size: int, seed: int, bucket: bool, max_len: int,
                shards: int, n_devices: int, steps_per_dispatch: int, key: str = "grid"):
     if batch_size % n_devices:
       raise ValueError(f"batch {batch_size} does not split over {n_devices} devices")
-    self.grids, self.max_len, self.k, self.batch_size = grids, max_len, steps_per_dispatch, batch_size
+    self.rows, self.max_len, self.k, self.batch_size = rows, max_len, steps_per_dispatch, batch_size
     self.key = key
     self.shards, self.per_device = shards, batch_size // n_devices
-    n_img = len(grids)
+    n_img = len(rows)
     self.shard_images = -(-n_img // shards)
     # Caption ids (rows of `pairs`) of each shard, and each shard's schedule over them.
     owner = pairs.image_index // self.shard_images
@@ -136,7 +116,7 @@ class DeviceCaptions:
       if (lo, hi) not in cache:
         parts = []
         for s in range(lo // shard_size, -(-hi // shard_size)):
-          if ids is None:  # grids: a contiguous block of images
+          if ids is None:  # image rows: a contiguous block of images
             a, b = s * shard_size, min((s + 1) * shard_size, len(array))
             part = np.asarray(array[a:b]) if b > a else np.zeros((0,) + array.shape[1:], array.dtype)
           else:
@@ -152,7 +132,7 @@ class DeviceCaptions:
     sharding = NamedSharding(mesh, spec)
     image_row = self.pairs.image_index % self.shard_images  # the row within its shard
     arrays = []
-    for array, size, ids in ((self.grids, self.shard_images, None),
+    for array, size, ids in ((self.rows, self.shard_images, None),
                              (self.pairs.tokens, self.shard_captions, self.caption_ids),
                              (image_row.astype(np.int32), self.shard_captions, self.caption_ids)):
       if self.shards == 1:
@@ -186,20 +166,20 @@ class DeviceCaptions:
     the data it holds."""
     per = self.per_device
 
-    def local(grids, tokens, image_row, rows, first, step):
-      width = rows.shape[1]                          # B (replicated) or B/D (sharded: this shard's columns)
+    def local(rows, tokens, image_row, table, first, step):
+      width = table.shape[1]                         # B (replicated) or B/D (sharded: this shard's columns)
       offset = (jax.lax.axis_index("data") % (width // per)) * per
-      ids = jax.lax.dynamic_slice(jax.lax.dynamic_index_in_dim(rows, step - first, keepdims=False), (offset,),
+      ids = jax.lax.dynamic_slice(jax.lax.dynamic_index_in_dim(table, step - first, keepdims=False), (offset,),
                                   (per,))
       toks = tokens[ids, :length]
-      return {self.key: grids[image_row[ids]], "tokens": toks, "mask": (toks != vocab_lib.PAD_ID).astype(jnp.float32)}
+      return {self.key: rows[image_row[ids]], "tokens": toks, "mask": (toks != vocab_lib.PAD_ID).astype(jnp.float32)}
 
     spec = P() if self.shards == 1 else P("data")
     gather = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P() if self.shards == 1 else P(None, "data"),
                                                        P(), P()), out_specs=P("data"), check_vma=False)
 
     def draw(args, i, step):
-      grids, tokens, image_row = args["data"]
-      return gather(grids, tokens, image_row, args["table"]["rows"], args["table"]["first"], step)
+      rows, tokens, image_row = args["data"]
+      return gather(rows, tokens, image_row, args["table"]["rows"], args["table"]["first"], step)
 
     return draw

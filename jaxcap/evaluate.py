@@ -11,9 +11,9 @@ stdout is one JSON object with the metrics. Without --data_dir the dataset named
 is used (whatever its data.dataset: Flickr8k, a Karpathy JSON, tfds:<name>). With several --alphas, each
 length penalty (and with several --beam, each beam size) is evaluated on the same encoded images (tune on
 dev, report on test). When the first checkpoint's workdir has a consensus index (`python -m jaxcap.consensus`),
-beam search's captions are re-ranked by it (--rerank_weights: the weights to try, 0 = off). Several --checkpoint make an ensemble (same vocabulary, any encoders; every step
-scores words by the mean of the members' log-probabilities): images are encoded once per distinct encoder, and
-the dataset is the first checkpoint's.
+beam search's captions are re-ranked by it (--rerank_weights: the weights to try, 0 = off). Several --checkpoint
+make an ensemble (same vocabulary, any encoders; every step scores words by the mean of the members'
+log-probabilities): images are encoded once per distinct encoder, and the dataset is the first checkpoint's.
 """
 from __future__ import annotations
 
@@ -38,11 +38,13 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--data_dir", default=None, help="dataset folder (default: the one in the checkpoint's config)")
   p.add_argument("--split", default="test", choices=("train", "dev", "test"))
   p.add_argument("--beam", type=int, nargs="+", default=[3], help="beam size(s); 1 = greedy")
-  p.add_argument("--alphas", type=float, nargs="+", default=[1.0], help="length penalty exponent(s); 1.0 was best on Flickr8k dev")
+  p.add_argument("--alphas", type=float, nargs="+", default=[1.0],
+                 help="length penalty exponent(s); 1.0 was best on Flickr8k dev")
   p.add_argument("--rerank_weights", type=float, nargs="+", default=[None],
                  help="consensus reranking weight(s) when the first checkpoint's workdir has a consensus index "
                  "(`python -m jaxcap.consensus`); 0 = off; default: the index's")
-  p.add_argument("--rerank_k", type=_positive, default=None, help="neighbours of consensus reranking (default: the index's)")
+  p.add_argument("--rerank_k", type=_positive, default=None,
+                 help="neighbours of consensus reranking (default: the index's)")
   p.add_argument("--max_len", type=int, default=20)
   p.add_argument("--batch_size", type=int, default=50)
   p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
@@ -55,13 +57,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  from jaxcap import checkpoint
+  from jaxcap import logs
+  from jaxcap.checkpoint import CheckpointError
   from jaxcap.consensus import ConsensusError
   from jaxcap.data import DataError
   from jaxcap.data.images import ImageError
-  from jaxcap.inference import CheckpointError
 
-  checkpoint.quiet_orbax_errors()
+  logs.install()
   try:
     summary = run(parser().parse_args(argv))
   except (CheckpointError, ConsensusError, DataError, ImageError) as e:

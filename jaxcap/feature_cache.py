@@ -1,7 +1,7 @@
 """Frozen-encoder feature cache: every image of a split encoded once, stored on disk as float16; read back
 row by row, so it need not fit in memory. The same store holds a split's decoded pixels (`decode`: uint8
 [N, S, S, 3], the images the tf.data pipeline would feed, decoded and resized once), for the fine-tune feed that
-does no per-epoch decode (`feeds.DecodedImages`).
+does no per-epoch decode (`feeds.images.DecodedImages`).
 
 Layout: <cache_dir>/<split>.npy [N, h, w, C] float16 (pixels: uint8) and <split>.json (file names, in row
 order), a standard .npy (`np.load(path, mmap_mode="r")` maps it). Files are written under a temporary name (per
@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxcap import fileio
-from jaxcap import paths
+from jaxcap import paths, pretrained
 from jaxcap.data import DataError, pipeline
 from jaxcap.grids import SplitInputs, map_grids
 
@@ -47,6 +47,17 @@ def directory(root: str, dataset_dir: str, encoder_name: str, weights_file: str 
   weights_id += f"|pixels{pipeline.PIXELS_VERSION}"
   key = f"{os.path.abspath(dataset_dir)}|{encoder_name}|{weights_id}|{size}"
   return os.path.join(root, f"{encoder_name}-{size}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
+
+
+def directory_for(config, builder, size: int) -> str:
+  """Where a config's frozen-encoder grids are cached: keyed by the prepared dataset (an adapter's cache_id),
+  the encoder, its weights file (`model.pretrained`; "default": the encoder's converted weights) and input
+  size."""
+  weights = config.model.pretrained
+  if weights == "default":
+    weights = pretrained.default_path(config.model.encoder)
+  return directory(config.data.feature_cache_dir, getattr(builder, "cache_id", builder.data_dir),
+                   config.model.encoder, weights or None, config.seed, size)
 
 
 def pixels_directory(root: str, dataset_dir: str, size: int) -> str:
@@ -288,7 +299,8 @@ def _write(builder, split: str, encode: Callable, preprocessing, directory: str,
   names, out = [], None
   bar = tqdm(total=n, desc=f"{what} {split}", unit="img", disable=not verbose)
   try:
-    with fileio.atomic_paths(*(os.path.join(directory, f"{split}{ext}") for ext in (".npy", ".json"))) as (tmp, tmp_names):
+    files = [os.path.join(directory, f"{split}{ext}") for ext in (".npy", ".json")]
+    with fileio.atomic_paths(*files) as (tmp, tmp_names):
       for batch_names, grid, _ in encode_batches(builder, split, encode, preprocessing, batch_size):
         if out is None:
           out = RowWriter(tmp, n, grid.shape[1:], dtype)

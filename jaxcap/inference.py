@@ -15,6 +15,8 @@ again (the training pipeline's resize) to its own.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from typing import Callable, Sequence
 
 import jax
@@ -24,7 +26,7 @@ import numpy as np
 
 from jaxcap import checkpoint, consensus, evaluator
 from jaxcap import grids as grids_lib
-from jaxcap.checkpoint import CheckpointError  # noqa: F401  (what `load` raises)
+from jaxcap.checkpoint import CheckpointError
 from jaxcap.data import batching
 from jaxcap.data import images as images_lib
 from jaxcap.data.preprocessing import Preprocessing
@@ -86,7 +88,7 @@ class Captioner:
     cap = cls(first.model, first.variables, first.vocab, first.config, first.step, first.source, others)
     cap.warnings = [w for m in (first, *others) for w in m.warnings]
     try:
-      index = consensus.find(cap) if rerank else None
+      index = consensus_index(cap) if rerank else None
     except consensus.ConsensusError as e:
       cap.warnings.append(f"warning: {e}; captions are not re-ranked")
       warn(cap.warnings[-1])
@@ -183,15 +185,6 @@ class Captioner:
     pixels = np.stack([self.preprocess(im) for im in images])
     return self.caption_pixels(pixels, beam_size, max_len, alpha, min(batch_size, len(pixels)))
 
-  def warm_up(self, beam_sizes: Sequence[int] = (1, 3), max_len: int = 20) -> None:
-    """Compiles the encoder and decoders for batch 1 and runs the resize once (TF's first call is slow), so
-    the first real caption is not a compile."""
-    size = self.preprocessing.size
-    self.preprocess(np.zeros((size + 1, size + 1, 3), np.uint8))
-    blank = np.zeros((1, size, size, 3), np.uint8)
-    for k in beam_sizes:
-      self.caption_pixels(blank, k, max_len)
-
 
 def same_encoder(a: Captioner, b: Captioner) -> bool:
   """Whether a's encoder gives b's grids: the same module, input size and weights."""
@@ -213,3 +206,30 @@ def check_ensemble(a: Captioner, b: Captioner) -> None:
         "one extends the other"
     refuse(f"their vocabularies differ ({len(a.vocab)} vs {len(b.vocab)} tokens, {where}); ensemble members "
            "must be trained with the same vocabulary")
+
+
+def consensus_path(source: str) -> str | None:
+  """Where the consensus index of the checkpoint at `source` lives: in its workdir (None for a step directory
+  outside a workdir)."""
+  workdir = checkpoint.workdir_of(source)
+  return os.path.join(workdir, consensus.FILENAME) if workdir else None
+
+
+def encoder_id(captioner: Captioner) -> str:
+  """What a consensus index's grids must match: the first member's encoder, input size and a digest of its
+  weights (a checkpoint fine-tuned after the index was built has other grids)."""
+  m = captioner.members[0]
+  digest, weights = hashlib.sha1(), m.encoder_variables()
+  for k in ("params", "batch_stats"):  # in this order, not jax.tree's sorted one: the digest indexes store
+    for leaf in jax.tree.leaves(weights[k]):
+      digest.update(np.ascontiguousarray(leaf).tobytes())
+  return f"{m.config.model.encoder}-{m.model.encoder.preprocessing.size}-{digest.hexdigest()[:12]}"
+
+
+def consensus_index(captioner: Captioner) -> consensus.Index | None:
+  """The consensus index in the workdir of a Captioner's first member, if built; ConsensusError when it cannot be
+  read or was built from other grids than that member's encoder gives."""
+  path = consensus_path(captioner.source)
+  if path is None or not os.path.exists(path):
+    return None
+  return consensus.load_checked(path, encoder_id(captioner), captioner.source)

@@ -110,7 +110,8 @@ class StageStopped(Exception):
 
 
 def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x, file=sys.stderr, flush=True)):
-  from jaxcap import consensus, evaluate, pretrained, train_lib, train_state
+  from jaxcap import evaluate, pretrained, train_lib, train_state
+  from jaxcap.consensus.build import write as write_consensus
 
   t0, result = time.time(), {"stages": {}}
   for stage_dir, config in stages(recipe, workdir):
@@ -130,7 +131,7 @@ def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x
   if recipe.get("consensus", None):
     t = time.time()
     log(f"\n== consensus index ({time.time() - t0:.0f} s into the recipe)")
-    consensus.write(final_models(recipe, workdir)[0], k=recipe.consensus.k, weight=recipe.consensus.weight, log=log)
+    write_consensus(final_models(recipe, workdir)[0], k=recipe.consensus.k, weight=recipe.consensus.weight, log=log)
     result["consensus_s"] = time.time() - t
   evals = {"single": final_models(recipe, workdir)[:1]} | (
       {f"ensemble{len(members)}": members} if len(members) > 1 else {})
@@ -149,10 +150,10 @@ def main(argv) -> int:
   del argv
   from absl import logging
 
-  from jaxcap import checkpoint
+  from jaxcap import logs
 
   logging.set_verbosity(logging.WARNING)
-  checkpoint.quiet_orbax_errors()
+  logs.install()
   if FLAGS.config is None:
     print("error: --config is required (a recipe config, e.g. configs/flickr8k_best.py)", file=sys.stderr)
     return 2

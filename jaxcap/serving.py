@@ -18,7 +18,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import json
-import os
 import queue
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
+from jaxcap import fileio
 from jaxcap.grids import map_grids
 from jaxcap.inference import Captioner, Result
 
@@ -198,11 +198,8 @@ class CaptionService:
 
   def _write_stats(self) -> None:
     if self.stats_path:
-      tmp = f"{self.stats_path}.{os.getpid()}.tmp"
       try:
-        with open(tmp, "w") as f:
-          json.dump(self.snapshot(), f)
-        os.replace(tmp, self.stats_path)
+        fileio.write_atomic(self.stats_path, json.dumps(self.snapshot()))
       except OSError:
         pass  # statistics are for benchmarks; serving goes on
 

@@ -8,33 +8,22 @@ resumes exactly where it stopped). The workdir's layout is `jaxcap.checkpoint`'s
 from __future__ import annotations
 
 import collections
-import contextlib
-import json
-import math
 import os
-import signal
 import sys
-import threading
 import time
 
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
-from jaxcap import fileio
-from jaxcap import checkpoint, config_check, evaluator, feeds, metrics, train_state
+from jaxcap import checkpoint, config_check, evaluator, feeds, fileio, metrics, train_state
 from jaxcap.data import dataset, tfds_builder
 from jaxcap.data import vocab as vocab_lib
-from jaxcap.feeds import prefetch  # noqa: F401  (bench scripts use it from here)
-from jaxcap.train_state import TrainError  # noqa: F401  (the trainer's user-fixable error)
-
-# The host-to-device transfer guard (a `jax.transfer_guard_host_to_device` level) every dispatch after the first
-# runs under, fetching its inputs included. Tests set "disallow_explicit": the device-resident feed copies
-# nothing per step, so it passes; a host-fed step copies its batch, so it fails.
-STEADY_STATE_TRANSFER_GUARD = "allow"
-
+from jaxcap.feeds.host import chunks
+from jaxcap.metric_writer import MetricWriter, Progress
+from jaxcap.preemption import Preemption
+from jaxcap.train_state import TrainError
 
 class InFlight:
   """Bounds how many dispatched steps may wait to run: `add(x)` blocks on the step `depth` adds ago.
@@ -70,137 +59,13 @@ def host_params(tree):
   return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
 
 
-class Preemption:
-  """SIGTERM or Ctrl-C (SIGINT) asks the run to save and stop at a step every process agrees on; a second
-  Ctrl-C exits at once without saving (the last checkpoint stays as it was).
-
-  One process: a signal handler sets a flag. Several: JAX's preemption service (started by
-  `jax.distributed.initialize`) catches SIGTERM in whichever processes get it and agrees on one sync step
-  for all of them, so every process enters the collective save at the same step (a local flag would let
-  some enter it alone and hang); no Python SIGTERM handler is installed there, and Ctrl-C is turned into a
-  SIGTERM to this process for the service to handle.
-  """
-
-  def __init__(self, log=lambda *a: None):
-    self.signal, self.log, self._old, self._interrupted = None, log, {}, False
-    if threading.current_thread() is not threading.main_thread():
-      return  # signal handlers can only be installed from the main thread
-    if jax.process_count() == 1:
-      self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._request)
-    self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
-
-  def _request(self, signum, frame):
-    self.signal = int(signum)
-
-  def _interrupt(self, signum, frame):
-    if self._interrupted:
-      os.write(2, b"\ninterrupted again: exiting now without saving\n")
-      os._exit(130)
-    self._interrupted = True
-    self.log("\ninterrupted: saving a checkpoint at the next step, then stopping (Ctrl-C again to exit at once)")
-    if jax.process_count() == 1:
-      self.signal = int(signum)
-    else:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() == 1:
-      return self.signal is not None
-    from jax.experimental import multihost_utils
-    if not self.signal and multihost_utils.reached_preemption_sync_point(step):
-      self.signal = int(signal.SIGINT if self._interrupted else signal.SIGTERM)
-    return bool(self.signal)
-
-  def close(self):
-    for signum, old in self._old.items():
-      signal.signal(signum, old)
-    self._old = {}
-
-
-class MetricWriter:
-  """JSON lines + TensorBoard event files, written by process 0 only.
-
-  `resume_step`: the step training resumes from. Records past it (steps a killed run logged after its last
-  save, which the resumed run replays) and the previous final test records are dropped from metrics.jsonl,
-  and TensorBoard is told to purge its events past it, so every step appears once.
-  """
-
-  def __init__(self, workdir: str, enabled: bool, resume_step: int | None = None):
-    self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.tb = None
-    if enabled:
-      from tensorboardX import SummaryWriter
-      resumed = resume_step is not None and os.path.exists(self.path)
-      if resumed:
-        self._truncate(resume_step)
-      purge = resume_step + 1 if resumed else None
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
-
-  def _truncate(self, step: int) -> None:
-    if not os.path.exists(self.path):
-      return
-    keep = []
-    with open(self.path) as f:
-      for line in f:
-        try:
-          r = json.loads(line)
-        except ValueError:  # a line cut by a kill
-          continue
-        if isinstance(r, dict) and r.get("step", 0) <= step and "selected_on" not in r:
-          keep.append(line if line.endswith("\n") else line + "\n")
-    try:
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(keep)
-      os.replace(self.path + ".tmp", self.path)
-    except OSError as e:
-      raise TrainError(f"{self.path}: cannot rewrite the metrics ({e.strerror})") from None
-
-  def write(self, step: int, values: dict) -> None:
-    if not self.enabled:
-      return
-    values = {k: (float(v) if isinstance(v, (np.floating, np.integer, float, int, jax.Array)) else v)
-              for k, v in values.items()}
-    try:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
-    except OSError as e:
-      raise TrainError(f"{self.path}: cannot write the metrics ({e.strerror}); the checkpoints are intact, "
-                       f"fix it and rerun to resume") from None
-    for k, v in values.items():
-      if isinstance(v, float) and math.isfinite(v):
-        self.tb.add_scalar(k, v, step)
-    self.tb.flush()
-
-  def close(self):
-    if self.tb:
-      with contextlib.suppress(OSError):  # a last flush on a full disk: the error that stopped the run says why
-        self.tb.close()
-
-
-class Progress:
-  """The progress bar and the logged training metrics (steps/s measured between log points)."""
-
-  def __init__(self, writer: MetricWriter, start: int, total_steps: int, batch_size: int, enabled: bool):
-    self.writer, self.batch_size, self.last = writer, batch_size, (time.time(), start)
-    self.bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not enabled,
-                    smoothing=0.1)
-
-  def log(self, step: int, m: dict, steps_per_epoch: int) -> None:
-    now = time.time()
-    sps = (step - self.last[1]) / max(now - self.last[0], 1e-9)
-    self.last = (now, step)
-    self.writer.write(step, {**m, "steps_per_s": sps, "captions_per_s": sps * self.batch_size,
-                             "epoch": step / steps_per_epoch})
-    self.bar.set_postfix(loss=f"{m['loss']:.3f}", sps=f"{sps:.2f}")
-
-
 def load_data(config, workdir: str, verbose: bool):
   """(builder, vocab, (train names, captions), (dev names, captions)); the vocabulary is built from the train
   split and must match the one a resumed workdir holds."""
   builder = dataset.prepare(config.data, verbose=verbose)
   train = tfds_builder.split_captions(builder, "train")
   dev = tfds_builder.split_captions(builder, "dev")
+  config_check.check_data(config, train, dev)
   vocab = vocab_lib.Vocab.build((c for n in train[0] for c in train[1][n]), config.data.min_count)
   vocab_path = os.path.join(workdir, "vocab.json")
   if os.path.exists(vocab_path) and vocab_lib.Vocab.load(vocab_path) != vocab:
@@ -290,11 +155,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log) ->
   writer, preemption, result = MetricWriter(workdir, is_main, start), Preemption(log), last_dev
   in_flight = InFlight()  # bounds the batches that dispatched-but-unrun steps hold in host memory
   progress = Progress(writer, start, total_steps, t.batch_size, is_main)
-  plan = feeds.chunks(start, total_steps, t.steps_per_dispatch, feed.objective)
+  plan = chunks(start, total_steps, t.steps_per_dispatch, feed.objective)
   inputs = iter(feed.dispatches(plan, mesh))
   try:
     for first, n in plan:
-      with jax.transfer_guard_host_to_device(STEADY_STATE_TRANSFER_GUARD if first > start else "allow"):
+      with jax.transfer_guard_host_to_device(t.transfer_guard if first > start else "allow"):
         static, args = next(inputs)
         state, step_metrics = dispatch_fn(first, n, static)(state, args)
       in_flight.add(step_metrics["loss"])

@@ -1,6 +1,7 @@
 """Consensus reranking (jaxcap.consensus): beams re-ranked by CIDEr-D against the captions of the nearest train
-images; an index in a workdir is found by the Captioner, so evaluate, caption, the service and the app all use
-it; weight 0 is the plain beam order; a damaged or mismatched index is one line, never a crash."""
+images; an index in a workdir (built by `python -m jaxcap.consensus`) is found by the Captioner, so evaluate,
+caption, the service and the app all use it; weight 0 is the plain beam order; a damaged or mismatched index is
+one line, never a crash."""
 import json
 import os
 import shutil
@@ -9,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcap import consensus, evaluate, evaluator
+from jaxcap import consensus, evaluate, evaluator, inference
 from jaxcap.cider import CiderD
+from jaxcap.consensus import build as consensus_build
+from jaxcap.consensus.__main__ import main as consensus_main
 from jaxcap.data import vocab as V
 from jaxcap.inference import Captioner
 
@@ -106,7 +109,7 @@ def indexed(trained, tmp_path):
   consensus decides), and the workdir without one."""
   workdir = str(tmp_path / "indexed")
   shutil.copytree(trained[0], workdir)
-  assert consensus.main(["--checkpoint", workdir, "--k", "3", "--weight", "100"]) == 0
+  assert consensus_main(["--checkpoint", workdir, "--k", "3", "--weight", "100"]) == 0
   return workdir, trained[0]
 
 
@@ -126,7 +129,7 @@ def test_a_workdir_index_reranks_what_the_captioner_says(indexed):
   assert plain.reranker is None and cap.reranker is not None
   index = cap.reranker.index
   # Every train image of the synthetic dataset, with its captions as the metrics read them.
-  assert len(index.features) == len(index.references) > 0 and index.encoder == consensus.encoder_id(cap)
+  assert len(index.features) == len(index.references) > 0 and index.encoder == inference.encoder_id(cap)
   assert all(r == " ".join(V.normalize(r)) for refs in index.references for r in refs)
   assert any("triangle" in r for refs in index.references for r in refs)
   _favour_repeats(workdir)
@@ -155,10 +158,10 @@ def test_the_index_reads_the_feature_cache_only_when_it_holds_this_encoders_grid
   workdir, _ = indexed
   cap = Captioner.load(workdir)
   builder = dataset.prepare(cap.config.data, verbose=False)
-  from_cache = consensus.build(cap, builder, batch_size=8, progress=False)
+  from_cache = consensus_build.build(cap, builder, batch_size=8, progress=False)
   cached_dir = cap.config.data.feature_cache_dir
   cap.config.data.feature_cache_dir = str(tmp_path / "empty")  # no cache: every train image encoded
-  encoded = consensus.build(cap, builder, batch_size=8, progress=False)
+  encoded = consensus_build.build(cap, builder, batch_size=8, progress=False)
   np.testing.assert_allclose(encoded.features.astype(np.float32), from_cache.features.astype(np.float32),
                              atol=2e-3)
   assert encoded.references == from_cache.references and encoded.encoder == from_cache.encoder
@@ -168,7 +171,7 @@ def test_the_index_reads_the_feature_cache_only_when_it_holds_this_encoders_grid
   rng = np.random.default_rng(0)
   cap.variables["params"] = {**cap.variables["params"], "encoder": jax.tree.map(
       lambda a: a + 0.3 * rng.normal(size=a.shape).astype(a.dtype), cap.variables["params"]["encoder"])}
-  tuned = consensus.build(cap, builder, batch_size=8, progress=False)
+  tuned = consensus_build.build(cap, builder, batch_size=8, progress=False)
   assert tuned.encoder != from_cache.encoder
   assert not np.allclose(tuned.features.astype(np.float32), from_cache.features.astype(np.float32), atol=2e-3)
 
@@ -207,18 +210,18 @@ def test_an_index_of_another_encoder_or_a_damaged_one_is_a_warning_and_no_rerank
   assert cap.reranker is None and "not a readable consensus index" in seen[-1]
   assert cap.warnings[-1] == seen[-1]  # the app shows a Captioner's warnings
   # Rebuilding replaces it without a word about the old one.
-  assert consensus.write(workdir, k=3, weight=100.0, log=seen.append) == path and len(seen) == 3
+  assert consensus_build.write(workdir, k=3, weight=100.0, log=seen.append) == path and len(seen) == 3
   assert "consensus index of" in seen[-1] and Captioner.load(workdir).reranker is not None
 
 
 def test_the_encoder_digest_is_stable_so_indexes_built_earlier_stay_valid():
   """The digest an index stores is compared with the checkpoint's at every load: if the way it is computed
   changes, every index users have built is refused ("rebuild it") and their captions stop being re-ranked.
-  Pinned on fixed weights (params hashed before batch statistics, as the first indexes were built)."""
+  Pinned on fixed weights (params hashed before batch statistics)."""
   import types
   ns = types.SimpleNamespace
   weights = {"params": {"conv": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}},
              "batch_stats": {"bn": {"mean": np.ones(3, np.float32)}}}
   member = ns(config=ns(model=ns(encoder="small_cnn")), model=ns(encoder=ns(preprocessing=ns(size=24))),
               encoder_variables=lambda: weights)
-  assert consensus.encoder_id(ns(members=[member])) == "small_cnn-24-a4f9bf32b636"
+  assert inference.encoder_id(ns(members=[member])) == "small_cnn-24-a4f9bf32b636"

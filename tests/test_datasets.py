@@ -236,7 +236,9 @@ def kinds(coco_like, tmp_path):
 @pytest.mark.parametrize("kind", [pytest.param("karpathy", marks=pytest.mark.slow), "tfds"])
 def test_train_evaluate_and_samples_on_each_kind(kind, kinds, mock_coco, tiny_config, tmp_path, capsys):
   from jaxcap import evaluate, train_lib
-  cfg = tiny_config("cached", **{"data.synthetic": False, "train.num_steps": 4, "train.eval_every": 0,
+  # The tiny config's synthetic fields back at their unused values: a run that reads a dataset ignores them.
+  cfg = tiny_config("cached", **{"data.synthetic": False, "data.synthetic_dir": "", "data.synthetic_num_images": 2000,
+                                 "data.synthetic_size": 64, "train.num_steps": 4, "train.eval_every": 0,
                                  "train.checkpoint_every": 0, "data.feature_cache_dir": str(tmp_path / "features"),
                                  **kinds[kind]})
   with mock_coco() if kind == "tfds" else contextlib.nullcontext():

@@ -135,14 +135,14 @@ def test_sampling_is_seeded_ends_cleanly_and_its_log_probs_match_teacher_forcing
 @pytest.mark.parametrize("deep_output", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_autodiff_nn_scan_and_manual_backward_are_the_same_function(deep_output):
   manual, grid, tokens, v = _setup("attend", deep_output=deep_output)
-  auto = manual.clone(attention_backward="autodiff")
-  assert jax.tree.structure(jax.jit(auto.init)(jax.random.key(0), grid, tokens)) == jax.tree.structure(v)
+  autodiff = manual.clone(attention_backward="autodiff")
+  assert jax.tree.structure(jax.jit(autodiff.init)(jax.random.key(0), grid, tokens)) == jax.tree.structure(v)
 
   def loss(d, p):
     logits, alphas = d.apply({"params": p}, grid, tokens)
     return jnp.sum(jax.nn.log_softmax(logits)[..., 2]) + jnp.sum(alphas ** 2)
 
-  (lm, gm), (la, ga) = (jax.jit(jax.value_and_grad(lambda p, d=d: loss(d, p)))(v["params"]) for d in (manual, auto))
+  (lm, gm), (la, ga) = (jax.jit(jax.value_and_grad(lambda p, d=d: loss(d, p)))(v["params"]) for d in (manual, autodiff))
   np.testing.assert_allclose(lm, la, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), gm, ga)
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from jaxcap import decode
+from jaxcap.checkpoint import CheckpointError
 from jaxcap.data import vocab as V
-from jaxcap.inference import Captioner, CheckpointError
+from jaxcap.inference import Captioner
 from jaxcap.models.decoder import Decoder
 
 

@@ -5,7 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxcap import feature_cache, feeds, train_lib, train_state
+from jaxcap import feature_cache, train_lib, train_state
+from jaxcap.feeds import rows as feed_rows
 from jaxcap.data import batching
 
 
@@ -66,7 +67,7 @@ def _config(store="auto", gb=0.0):
 def test_store_choice_is_automatic_and_logged_with_sizes(grids, store, gb, expect):
   _, path = grids
   lines = []
-  out = feeds.feature_store(_config(store, gb), {"train": feature_cache.FeatureRows(path),
+  out = feed_rows.feature_store(_config(store, gb), {"train": feature_cache.FeatureRows(path),
                                                  "dev": feature_cache.FeatureRows(path)[:5]}, lines.append)
   kind = np.ndarray if expect == "memory" else feature_cache.FeatureRows
   assert all(type(v) is kind for v in out.values())
@@ -77,7 +78,7 @@ def test_store_choice_is_automatic_and_logged_with_sizes(grids, store, gb, expec
 
 def test_bad_store_name_is_one_line(grids):
   with pytest.raises(train_state.TrainError, match="train.feature_store must be auto, memory or stream, got 'disk'"):
-    feeds.feature_store(_config("disk"), {"train": feature_cache.FeatureRows(grids[1])})
+    feed_rows.feature_store(_config("disk"), {"train": feature_cache.FeatureRows(grids[1])})
 
 
 def test_streamed_batches_equal_in_memory_batches_and_resume_exactly(grids):
@@ -87,15 +88,15 @@ def test_streamed_batches_equal_in_memory_batches_and_resume_exactly(grids):
                                 rng.integers(1, 9, (185, 12)).astype(np.int32), rng.integers(3, 12, 185).astype(np.int32))
   schedule = batching.Schedule(pairs.lengths, 16, seed=0)
   rows = feature_cache.FeatureRows(path)
-  whole = list(feeds.grid_batches(a, pairs, schedule, 12, 0, 30))
-  streamed = list(feeds.grid_batches(rows, pairs, schedule, 12, 0, 30))
-  resumed = list(feeds.grid_batches(rows, pairs, schedule, 12, 17, 30))
+  whole = list(feed_rows.grid_batches(a, pairs, schedule, 12, 0, 30))
+  streamed = list(feed_rows.grid_batches(rows, pairs, schedule, 12, 0, 30))
+  resumed = list(feed_rows.grid_batches(rows, pairs, schedule, 12, 17, 30))
   for x, y in zip(whole, streamed):
     assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
   for x, y in zip(whole[17:], resumed):
     assert all(np.array_equal(x[k], y[k]) for k in x)
   # Two processes read disjoint halves of each batch (only their rows), together the whole batch.
-  halves = [list(feeds.grid_batches(rows, pairs, schedule, 12, 0, 3, p, 2)) for p in range(2)]
+  halves = [list(feed_rows.grid_batches(rows, pairs, schedule, 12, 0, 3, p, 2)) for p in range(2)]
   for step in range(3):
     np.testing.assert_array_equal(np.concatenate([h[step]["grid"] for h in halves]), whole[step]["grid"])
 

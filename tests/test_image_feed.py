@@ -1,4 +1,4 @@
-"""The fine-tune feed of images decoded once (`feeds.DecodedImages`), on tiny synthetic data: tf.data's pixels,
+"""The fine-tune feed of images decoded once (`images.DecodedImages`), on tiny synthetic data: tf.data's pixels,
 no per-step host-to-device copy when device-resident, exact resume, augmentation on the devices that is a
 function of the step, and a damaged pixel cache named in one line."""
 import os
@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcap import augment, checkpoint, config_check, feature_cache, feeds, train_lib
+from jaxcap import augment, checkpoint, config_check, feature_cache, feeds, preemption, train_lib
+from jaxcap.feeds import host, images
 from jaxcap.data import DataError, batching, pipeline
 from jaxcap.models.caption_model import encode_fn
 
@@ -48,25 +49,25 @@ def feed(tiny_config):
 
 def test_decoded_batches_are_tf_datas_pixels_and_encode_alike(feed):
   f, builder, vocab, model, variables = feed
-  assert isinstance(f, feeds.DecodedImages) and f.device is not None
+  assert isinstance(f, images.DecodedImages) and f.source.device is not None
   size = model.encoder.preprocessing.size
   # tf.data's train batches, un-augmented: each image is the decoded row of its caption's image, to the bit.
   [tf_batch] = [b for _, b in zip(range(1), pipeline.train_batches(
       builder, vocab, batch_size=16, max_len=12, preprocessing=model.encoder.preprocessing, seed=3))]
-  rows = f.train_rows
+  rows = f.source.train_rows
   for image, tokens in zip(tf_batch["image"], tf_batch["tokens"]):
-    match = np.flatnonzero((f.pairs.tokens == tokens).all(1))
-    assert any(np.array_equal(image, rows[f.pairs.image_index[m]]) for m in match)
+    match = np.flatnonzero((f.source.pairs.tokens == tokens).all(1))
+    assert any(np.array_equal(image, rows[f.source.pairs.image_index[m]]) for m in match)
   # The device feed's batch of a step (gathered on the device, in the jitted call) is those rows.
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-  plan = feeds.chunks(5, 6, 1, f.objective)
+  plan = host.chunks(5, 6, 1, f.objective)
   static, args = next(iter(f.dispatches(plan, mesh)))
   batch = jax.jit(lambda a: f.draw(static, mesh)(a, 0, 5))(args)
-  idx = f.schedule.batch(5)
-  want = np.asarray(rows[f.pairs.image_index[idx]])
+  idx = f.source.schedule.batch(5)
+  want = np.asarray(rows[f.source.pairs.image_index[idx]])
   assert batch["image"].dtype == np.uint8 and batch["image"].shape == (8, size, size, 3)
   np.testing.assert_array_equal(np.asarray(batch["image"]), want)
-  np.testing.assert_array_equal(np.asarray(batch["tokens"]), f.pairs.tokens[idx, :static])
+  np.testing.assert_array_equal(np.asarray(batch["tokens"]), f.source.pairs.tokens[idx, :static])
   # What the encoder makes of them (it normalizes on the device): tf.data's batch and the decoded one agree.
   encode = encode_fn(model)
   enc_vars = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
@@ -76,21 +77,20 @@ def test_decoded_batches_are_tf_datas_pixels_and_encode_alike(feed):
 
 def test_augmentation_is_a_function_of_the_step_and_changes_pixels(feed):
   f = feed[0]
-  images = np.asarray(f.train_rows[np.arange(8)])
+  pixels = np.asarray(f.source.train_rows[np.arange(8)])
   aug = jax.jit(lambda x, step: augment.augment(x, augment.key(0, step)))
-  a, again, other = (np.asarray(aug(images, s)) for s in (7, 7, 8))
-  assert a.dtype == np.uint8 and a.shape == images.shape
+  a, again, other = (np.asarray(aug(pixels, s)) for s in (7, 7, 8))
+  assert a.dtype == np.uint8 and a.shape == pixels.shape
   np.testing.assert_array_equal(a, again)
-  assert (np.abs(a.astype(int) - images).reshape(8, -1).max(1) > 0).all()   # every image changed
+  assert (np.abs(a.astype(int) - pixels).reshape(8, -1).max(1) > 0).all()   # every image changed
   assert (np.abs(a.astype(int) - other).reshape(8, -1).max(1) > 0).all()    # another step, other draws
   # A light change: the crop keeps 80-100% of the image, colours move by about a tenth.
-  assert np.abs(a.astype(float) - images).mean() < 40
+  assert np.abs(a.astype(float) - pixels).mean() < 40
 
 
 def test_device_resident_decoded_feed_copies_nothing_per_step(tiny_config, monkeypatch, tmp_path, capfd):
-  monkeypatch.setattr(train_lib, "STEADY_STATE_TRANSFER_GUARD", "disallow_explicit")
   # 24 steps cross an epoch end (22 steps an epoch): the once-an-epoch index table is the only upload.
-  assert run(tiny_config, tmp_path / "device", **{"train.feed_placement": "device"})["step"] == 24
+  assert run(tiny_config, tmp_path / "device", **{"train.transfer_guard": "disallow_explicit", "train.feed_placement": "device"})["step"] == 24
   err = capfd.readouterr().err
   assert "image feed: decoded once into uint8" in err and "train.image_feed=decoded" in err
   assert "train feed: on the devices, replicated; train images" in err
@@ -106,7 +106,7 @@ def test_decoded_feed_on_host_or_device_gives_the_same_losses_and_resumes_exactl
     return bool(self.signal)
 
   with monkeypatch.context() as m:
-    m.setattr(train_lib.Preemption, "reached", stop_at_12)
+    m.setattr(preemption.Preemption, "reached", stop_at_12)
     assert run(tiny_config, tmp_path / "resumed", **{"train.feed_placement": "device"})["step"] == 12
   assert run(tiny_config, tmp_path / "resumed", **{"train.feed_placement": "device"})["step"] == 24
   ref = read_metrics(tmp_path / "device")
@@ -127,14 +127,14 @@ def test_auto_streams_through_tf_data_when_the_decoded_images_exceed_the_budget(
 
 def test_a_damaged_pixel_cache_is_one_line_naming_the_file(feed, tmp_path):
   f, builder, _, model, _ = feed
-  src = f.train_rows.path
+  src = f.source.train_rows.path
   directory = tmp_path / "pixels"
   os.makedirs(directory)
   for ext in (".npy", ".json"):
     with open(src[:-4] + ext, "rb") as a, open(directory / f"train{ext}", "wb") as b:
       b.write(a.read())
   names, rows = feature_cache.decode(builder, "train", model.encoder.preprocessing, str(directory))
-  assert rows.shape == f.train_rows.shape
+  assert rows.shape == f.source.train_rows.shape
   path = str(directory / "train.npy")
   os.truncate(path, os.path.getsize(path) - 100)
   with pytest.raises(DataError, match=rf"^{path}: damaged cache file \(\d+ bytes; its header says \(36, 32, 32, 3\) "
@@ -155,5 +155,5 @@ def test_image_feed_is_checked(tiny_config):
 def test_cut_length_batches_of_the_decoded_feed_follow_the_schedule(feed):
   f = feed[0]
   [batch] = list(f.batches(3, 4))
-  idx = f.schedule.batch(3)
-  assert batch["tokens"].shape[1] == batching.cut_length(f.pairs.lengths[idx].max(), 4, 12)
+  idx = f.source.schedule.batch(3)
+  assert batch["tokens"].shape[1] == batching.cut_length(f.source.pairs.lengths[idx].max(), 4, 12)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from jaxcap import evaluate, train_lib
+from jaxcap.checkpoint import CheckpointError
 from jaxcap.data import pipeline, tfds_builder
-from jaxcap.inference import Captioner, CheckpointError
+from jaxcap.inference import Captioner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,6 +1,6 @@
 """Two processes on localhost (jax.distributed over 127.0.0.1, one CPU device each): they train in lockstep and
-reach the same losses as one process with the same global batch, and a SIGTERM or Ctrl-C to one of them stops both
-at the same step, saved once."""
+reach the same losses as one process with the same global batch, in each regime (cached, fine-tune on decoded
+images, self-critical), and a SIGTERM or Ctrl-C to one of them stops both at the same step, saved once."""
 import json
 import os
 import signal
@@ -28,12 +28,38 @@ def _launch(cmd, workdir):
                            text=True, env=ENV, cwd=ROOT) for i in range(2)]
 
 
+STEPS = {"train.num_steps": 10, "train.eval_every": 0, "train.checkpoint_every": 5, "train.final_test_eval": False}
+
+
+@pytest.fixture(scope="module")
+def cross_entropy(train_cmd, tmp_path_factory):
+  """A one-process cached run: the cached regime's reference and the self-critical runs' starting point."""
+  workdir = str(tmp_path_factory.mktemp("multihost") / "cached_one")
+  subprocess.run(train_cmd(workdir, {"train.regime": "cached", **STEPS}), check=True, capture_output=True, env=ENV,
+                 cwd=ROOT)
+  return workdir
+
+
+def _regime(regime: str, cross_entropy: str) -> dict:
+  over = {"train.regime": regime, **STEPS}
+  if regime == "finetune":
+    # Decoded images: batches a pure function of the step, whatever the process count (tf.data's stream has
+    # each process read its own slice of the split, in another order than one process reads it).
+    over["train.image_feed"] = "decoded"
+  if regime == "self_critical":
+    over.update({"train.init_from": cross_entropy, "train.select_metric": "cider", "train.learning_rate": 1e-4,
+                 "train.warmup_steps": 0, "train.final_lr_fraction": 1.0, "train.batch_size": 4})
+  return over
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(train_cmd, read_metrics, tmp_path):
-  overrides = {"train.regime": "cached", "train.num_steps": 10, "train.eval_every": 0,
-               "train.checkpoint_every": 5, "train.final_test_eval": False}
-  single = str(tmp_path / "one")
-  subprocess.run(train_cmd(single, overrides), check=True, capture_output=True, env=ENV, cwd=ROOT)
+@pytest.mark.parametrize("regime", ["cached", "finetune", "self_critical"])
+def test_two_processes_match_one(regime, cross_entropy, train_cmd, read_metrics, tmp_path):
+  overrides = _regime(regime, cross_entropy)
+  single = cross_entropy
+  if regime != "cached":
+    single = str(tmp_path / "one")
+    subprocess.run(train_cmd(single, overrides), check=True, capture_output=True, env=ENV, cwd=ROOT)
 
   workdir = str(tmp_path / "two")
   procs = _launch(train_cmd(workdir, overrides), workdir)
@@ -42,9 +68,11 @@ def test_two_processes_match_one(train_cmd, read_metrics, tmp_path):
     assert p.returncode == 0, err[-2000:]
   assert json.loads(outs[0][0].strip().splitlines()[-1])["step"] == 10
   assert not any(l.startswith("{") for l in outs[1][0].splitlines())  # results come from process 0 only
-  assert "2 device(s)" in outs[0][1]
+  assert f"2 device(s), regime {regime}" in outs[0][1]
+  if regime == "finetune":
+    assert "image feed: decoded once into uint8" in outs[0][1]
   a, b = read_metrics(single), read_metrics(workdir)
-  assert sorted(b) == list(range(1, 11))
+  assert sorted(b) == sorted(a) == list(range(1, 11))
   np.testing.assert_allclose([b[s] for s in range(1, 11)], [a[s] for s in range(1, 11)], rtol=1e-5)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "5"]  # written once, complete
 

@@ -113,8 +113,10 @@ def test_recipe_without_a_config_is_one_line():
   assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --config is required")
 
 
-def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_entropy_seed0_and_seed1_on_lite0():
+def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_entropy_seed0_and_seed1_on_lite0(
+    monkeypatch, tmp_path):
   from configs import flickr8k_best
+  monkeypatch.setenv("JAXCAP_FLICKR8K_DIR", str(tmp_path))  # the stages' configs are checked: the folder must exist
   c = flickr8k_best.get_config()
   got = [(os.path.basename(w), s.train.regime, s.train.init_from, s.seed, s.model.encoder)
          for w, s in recipe.stages(c, "/w")]

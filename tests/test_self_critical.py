@@ -7,9 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcap import decode, train_lib, train_state
+from jaxcap import decode, objectives, train_lib, train_state
 from jaxcap.data import vocab as V
-from jaxcap.feeds import CiderReward
 
 
 def _records(workdir):
@@ -35,7 +34,7 @@ def test_reward_counts_end_and_prefers_the_reference():
   vocab = V.Vocab(list(V.SPECIALS) + ["a", "red", "circle", "above", "blue", "square"])
   train = (["x.jpg", "y.jpg"], {"x.jpg": ["A red circle above a blue square ."] * 5,
                                 "y.jpg": ["a blue square above a red circle"] * 5})
-  reward = CiderReward(vocab, train)
+  reward = objectives.CiderReward(vocab, train)
   ids = lambda s, end=True: vocab.to_ids(s)[1:] if end else vocab.to_ids(s)[1:-1]  # noqa: E731
   pad = lambda t: t + [V.PAD_ID] * (9 - len(t))  # noqa: E731
   tokens = np.array([[pad(ids("a red circle above a blue square")), pad(ids("a red circle above a blue square", False)),
@@ -50,7 +49,7 @@ def test_advantage_is_the_reward_over_the_chosen_baseline(tiny_config, baseline)
   model, variables = train_state.init_model(config, vocab_size=12)
   grid = jax.random.normal(jax.random.key(0), (4, 2, 2, 128))  # the tiny encoder's grid width
   length = lambda tokens, index: (tokens != V.PAD_ID).sum(-1).astype(np.float32)  # noqa: E731  reward: length
-  objective = train_state.self_critical(config, length)
+  objective = objectives.self_critical(config, length)
   rng = jax.random.key(1)
   _, metrics, _ = objective(model, variables["params"], {}, {"grid": grid, "image_index": np.arange(4)}, rng)
   max_len, params = config.train.decode_max_len, variables["params"]["decoder"]

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxcap import checkpoint, train_lib
+from jaxcap import checkpoint, train_lib, train_state
 from jaxcap.data import vocab as V
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +112,7 @@ def test_vocabulary_mismatch_is_reported(tiny_config, tmp_path):
   workdir = str(tmp_path / "w")
   os.makedirs(workdir)
   V.Vocab(list(V.SPECIALS) + ["zebra"]).save(os.path.join(workdir, "vocab.json"))
-  with pytest.raises(train_lib.TrainError, match="vocab.json: vocabulary does not match"):
+  with pytest.raises(train_state.TrainError, match="vocab.json: vocabulary does not match"):
     train_lib.train_and_evaluate(tiny_config("cached"), workdir)
 
 
@@ -121,7 +121,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, read_metrics
   cfg = tiny_config("cached", **{"train.num_steps": 30, "train.checkpoint_every": 5})
   cfg.train.learning_rate = 1e30
   cfg.train.warmup_steps = 1
-  with pytest.raises(train_lib.TrainError, match=r"loss became nan at step \d+; stopped without saving"):
+  with pytest.raises(train_state.TrainError, match=r"loss became nan at step \d+; stopped without saving"):
     train_lib.train_and_evaluate(cfg, workdir)
   for step in os.listdir(os.path.join(workdir, "checkpoints")):
     assert np.isfinite(read_metrics(workdir)[int(step)])

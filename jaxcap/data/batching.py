@@ -83,3 +83,10 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
   if len(x) >= size:
     return x
   return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])
+
+
+def process_rows(batch_size: int, index: int, count: int) -> slice:
+  """The rows of a global batch of `batch_size` that process `index` of `count` holds: an even, contiguous
+  slice (the data axis spans the processes' devices in order)."""
+  per_proc = batch_size // count
+  return slice(index * per_proc, (index + 1) * per_proc)

@@ -30,12 +30,6 @@ def encode_fn(model: CaptionModel):
   return jax.jit(lambda v, x: model.apply(v, x, method=CaptionModel.encode))
 
 
-def attention_backward(name: str) -> str:
-  """"auto": the hand-written backward everywhere for now. Measured faster on CPU (bench/README.md); on GPU
-  `python -m bench.accelerator` times both, and "auto" should follow what it finds there."""
-  return "manual" if name == "auto" else name
-
-
 def dtype_of(name: str):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
@@ -48,5 +42,5 @@ def make_model(model_config, vocab_size: int) -> CaptionModel:
                 hidden_dim=model_config.hidden_dim, attention_dim=model_config.attention_dim,
                 dropout=model_config.dropout, embed_dropout=model_config.get("embed_dropout", 0.0),
                 deep_output=model_config.get("deep_output", False),
-                attention_backward=attention_backward(model_config.get("attention_backward", "auto")), dtype=dtype)
+                attention_backward=model_config.get("attention_backward", "manual"), dtype=dtype)
   return CaptionModel(enc, dec)

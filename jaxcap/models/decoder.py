@@ -3,7 +3,7 @@
 Shapes: grid [B, h, w, C] (encoder features), tokens [B, T] int32, logits [B, T, V], alphas [B, T, h*w].
 
 What is hoisted out of the time loop (same math as per-step, fewer and larger matmuls):
-- the attention projection of the image grid, once per image (peers redo it at every step);
+- the attention projection of the image grid, once per image;
 - the embedding's contribution to the LSTM gates, for all T steps in one matmul;
 - the output projection to the vocabulary (from [h; context] in attend mode), for all T steps after the scan.
 In attend mode the training path scans `attend_lstm.attend_scan`, whose hand-written backward also keeps the
