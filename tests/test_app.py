@@ -30,6 +30,7 @@ def test_page_without_checkpoint_says_how_to_make_one():
   assert "python train.py" in at.info[0].value
 
 
+@pytest.mark.slow
 def test_upload_gets_captions_and_a_bad_file_gets_its_message(trained, monkeypatch):
   workdir, cfg = trained
   at = _app(workdir, monkeypatch)
@@ -46,6 +47,7 @@ def test_upload_gets_captions_and_a_bad_file_gets_its_message(trained, monkeypat
   assert at.get("download_button")
 
 
+@pytest.mark.slow
 def test_attention_slider_move_does_not_call_the_model(trained, monkeypatch):
   """Captions are cached by the upload's content and settings, so a rerun that changes only the view (here a
   full AppTest rerun; in a browser only the photo's fragment reruns) makes no model call."""
@@ -81,6 +83,7 @@ def test_attention_slider_move_does_not_call_the_model(trained, monkeypatch):
   assert caption2.startswith("where word 2,") and url2 != url   # the second word's heat map
 
 
+@pytest.mark.slow
 def test_a_full_queue_gives_a_busy_message_and_retry_works(trained, monkeypatch):
   from jaxcap import serving
   workdir, cfg = trained

@@ -21,6 +21,7 @@ def model(vocab_size=12, seed=0, end_bias=0.0):
   return d, params, grid
 
 
+@pytest.mark.slow
 def test_beam_one_is_exactly_greedy():
   for seed in range(3):
     d, params, grid = model(seed=seed, end_bias=1.0)
@@ -44,6 +45,7 @@ def _one_by_one(d, params, grid, **kw):
   return [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(4)]
 
 
+@pytest.mark.slow
 def test_batch_mixing_ended_and_unended_images_decodes_each_correctly():
   d, params, grid = model(end_bias=0.0)
   # Make images 0 and 2 end at once and leave 1 and 3 to run: the END logit follows the init_h input.
@@ -80,6 +82,7 @@ def _score_all(d, params, grid, vocab_size, max_len, alpha):
   return best
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.0, 0.8])
 def test_wide_beam_finds_the_brute_force_best(alpha):
   vocab_size, max_len = 7, 3  # 3 words + <end> allowed: every candidate fits in a beam of 4**3
@@ -99,6 +102,7 @@ def test_wide_beam_finds_the_brute_force_best(alpha):
     assert (np.diff(np.asarray(scores)[i, :n_ended]) <= 1e-6).all()  # ... and ranked best first
 
 
+@pytest.mark.slow
 def test_repeated_calls_never_recompile():
   d, params, grid = model()
   decode.beam_search(d, params, grid, beam_size=3, max_len=5, alpha=0.0)

@@ -123,6 +123,7 @@ def _favour_repeats(workdir):
   index.save(path)
 
 
+@pytest.mark.slow
 def test_a_workdir_index_reranks_what_the_captioner_says(indexed):
   workdir, plain_dir = indexed
   cap, plain = Captioner.load(workdir), Captioner.load(plain_dir)
@@ -176,6 +177,7 @@ def test_the_index_reads_the_feature_cache_only_when_it_holds_this_encoders_grid
   assert not np.allclose(tuned.features.astype(np.float32), from_cache.features.astype(np.float32), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_evaluate_sweeps_rerank_weights_and_weight_0_is_the_plain_beam_search(indexed, tmp_path):
   workdir, plain_dir = indexed
   _favour_repeats(workdir)

@@ -232,8 +232,8 @@ def kinds(coco_like, tmp_path):
           "tfds": {"data.dataset": "tfds:coco_captions", "data.tfds_dir": ""}}
 
 
-# The Karpathy builder is the Flickr8k builder's form (the other training tests cover that path): slow tier.
-@pytest.mark.parametrize("kind", [pytest.param("karpathy", marks=pytest.mark.slow), "tfds"])
+# Trains on each dataset kind end to end: slow tier.
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) for k in ("karpathy", "tfds")])
 def test_train_evaluate_and_samples_on_each_kind(kind, kinds, mock_coco, tiny_config, tmp_path, capsys):
   from jaxcap import evaluate, train_lib
   # The tiny config's synthetic fields back at their unused values: a run that reads a dataset ignores them.

@@ -19,6 +19,7 @@ def _setup(mode, vocab_size=12, deep_output=False):
   return d, grid, tokens, jax.jit(d.init)(jax.random.key(0), grid, tokens)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,deep_output", [("attend", False), ("show_tell", False), ("attend", True)])
 def test_single_step_shares_parameters_with_scan(mode, deep_output):
   d, grid, tokens, v = _setup(mode, deep_output=deep_output)
@@ -32,7 +33,7 @@ def test_single_step_shares_parameters_with_scan(mode, deep_output):
       np.testing.assert_allclose(alpha, alphas[:, t], atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), pytest.param(jnp.bfloat16, 3e-2, marks=pytest.mark.slow)])
 def test_hand_written_attention_backward_equals_autodiff(dtype, tol):
   """The training recurrence's hand-written VJP gives JAX's gradients for every input, every output used."""
   rng = np.random.default_rng(0)
@@ -65,6 +66,7 @@ def test_attention_weights_are_a_distribution_over_the_grid():
   assert (alphas >= 0).all()
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   d = Decoder(vocab_size=12, mode="attend", embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.5)
   grid = jnp.ones((2, 2, 2, 4))
@@ -103,6 +105,7 @@ def test_greedy_without_end_returns_max_length_captions():
   assert np.asarray(tokens).shape == (3, 9) and (np.asarray(tokens) == 7).all()
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_ends_cleanly_and_its_log_probs_match_teacher_forcing():
   d, grid, _, v = _setup("attend")
   key = jax.random.key(3)
@@ -147,6 +150,7 @@ def test_autodiff_nn_scan_and_manual_backward_are_the_same_function(deep_output)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), gm, ga)
 
 
+@pytest.mark.slow
 def test_dropout_masks_do_not_depend_on_the_padded_length():
   # Several steps per dispatch pad a batch to the longest of the dispatch; the real tokens' logits must not change.
   d = Decoder(vocab_size=12, mode="attend", embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.5,

@@ -37,6 +37,7 @@ def run(tiny_config, workdir, **over):
   return train_lib.train_and_evaluate(tiny_config("cached", **{**STEPS, **over}), str(workdir))
 
 
+@pytest.mark.slow
 def test_device_feed_copies_nothing_to_the_devices_per_step_and_the_host_feed_does(tiny_config, monkeypatch,
                                                                                   tmp_path, capfd):
   # 24 steps cross an epoch end (22 steps an epoch): the once-an-epoch index table is the only upload.
@@ -49,6 +50,7 @@ def test_device_feed_copies_nothing_to_the_devices_per_step_and_the_host_feed_do
     run(tiny_config, tmp_path / "host", **{"train.transfer_guard": "disallow_explicit", "train.feed_placement": "host"})
 
 
+@pytest.mark.slow
 def test_device_feed_gives_the_host_feeds_losses_and_k_steps_per_dispatch_equal_single_steps(tiny_config,
                                                                                             read_metrics, tmp_path):
   runs = {"host1": {"train.feed_placement": "host", "train.log_every": 1},
@@ -65,6 +67,7 @@ def test_device_feed_gives_the_host_feeds_losses_and_k_steps_per_dispatch_equal_
     assert relative_difference(params(tmp_path / name, 24), params(tmp_path / "host1", 24)) < 1e-4, name
 
 
+@pytest.mark.slow
 def test_device_feed_with_k_steps_resumes_exactly(tiny_config, read_metrics, monkeypatch, tmp_path):
   over = {"train.feed_placement": "device", "train.steps_per_dispatch": 4}
   run(tiny_config, tmp_path / "straight", **over)
@@ -106,6 +109,7 @@ def test_chunks_end_on_multiples_of_k_and_where_the_objective_changes():
   assert host.chunks(0, 8, 4, lambda s: a if s < 5 else b) == [(0, 4), (4, 1), (5, 3)]
 
 
+@pytest.mark.slow
 def test_sharded_device_feed_on_four_devices_copies_nothing_per_step(tiny_config, tmp_path):
   # Replicated would need ~0.3 MB a device; the budget (0.15 MB) fits a quarter: each device holds and draws
   # from its own shard. A subprocess: the device count is fixed when JAX starts.
@@ -162,6 +166,7 @@ print(json.dumps({"steps_per_epoch": feed.steps_per_epoch, "shard_images": feed.
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("captions_per_image, every_caption", [
     ([5, 5, 5, 5, 5, 5, 10], True),   # 7 images: the last shard holds one image and a padding image row
     ([5, 5, 5, 5, 5, 5, 4], False),   # and 6 padding caption rows; the other shards draw 4 of their 10 an epoch

@@ -10,6 +10,7 @@ from jaxcap import pretrained
 from jaxcap.models import encoders, layers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel,stride,size", [(3, 1, 14), (3, 2, 14), (5, 2, 15), (5, 1, 7)])
 def test_depthwise_shifted_equals_grouped_conv(kernel, stride, size):
   rng = np.random.default_rng(0)
@@ -38,6 +39,7 @@ def test_encoder_output_shapes(name, grid):
   assert g == (2, *grid) and p == (2, grid[-1])
 
 
+@pytest.mark.slow
 def test_batchnorm_running_vs_batch_statistics():
   enc = encoders.make_encoder("small_cnn", image_size=16)
   x = jnp.asarray(np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3)), jnp.uint8)

@@ -51,6 +51,7 @@ def _greedy_by_hand(members, grid, max_len):
   return np.where(decode.caption_mask(jnp.asarray(tokens)), tokens, V.PAD_ID)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["attend", "show_tell"])
 def test_one_member_is_the_single_decoder_bit_for_bit(mode):
   d, p, grid = model(0, mode)
@@ -61,6 +62,7 @@ def test_one_member_is_the_single_decoder_bit_for_bit(mode):
     _same_bits(decode.beam_search((d,), (p,), grid, k, 8, alpha), decode.beam_search(d, p, grid, k, 8, alpha))
 
 
+@pytest.mark.slow
 def test_a_model_twice_is_that_model():
   d, p, grid = model(0)
   # (x + x) / 2 is x exactly: the same captions, scores and attention, to the bit.
@@ -75,6 +77,7 @@ def _caption_log_prob(d, p, grid, tokens):
   return np.asarray(lp.sum(-1)).reshape(b, k)
 
 
+@pytest.mark.slow
 def test_two_models_score_every_beam_by_the_mean_of_their_log_probs():
   (a, pa, grid), (b, pb, _) = model(1), model(2, hidden=24, deep_output=True)  # different architectures too
   tokens, scores, log_probs, alphas = (np.asarray(x) for x in decode.beam_search((a, b), (pa, pb), grid, 3, 8, 0.0))
@@ -88,6 +91,7 @@ def test_two_models_score_every_beam_by_the_mean_of_their_log_probs():
   assert not (np.array_equal(tokens[:, 0], best_a) or np.array_equal(tokens[:, 0], best_b))
 
 
+@pytest.mark.slow
 def test_two_models_greedy_takes_the_argmax_of_the_mean_log_prob():
   (a, pa, grid), (b, pb, _) = model(1), model(3)
   tokens, _ = decode.greedy((a, b), (pa, pb), grid, max_len=8)
@@ -101,6 +105,7 @@ def test_an_attending_and_a_show_tell_member_show_the_attention_of_the_attending
   np.testing.assert_allclose(alphas[tokens != V.PAD_ID].sum(-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_members_on_other_encoders_each_read_their_own_grid():
   # a reads 2x2x6 grids, b 3x3x5 (another encoder's): greedy and beam search take one grid per member.
   (a, pa, ga), (b, pb, gb) = model(1), model(2, hidden=24, grid_shape=(3, 3, 5))
@@ -126,6 +131,7 @@ def _images(cfg, n=3):
   return [os.path.join(cfg.data.synthetic_dir, "Images", f"synth_{i:05d}.jpg") for i in range(n)]
 
 
+@pytest.mark.slow
 def test_captioner_of_a_checkpoint_twice_captions_as_the_checkpoint(trained):
   workdir, cfg = trained
   single, double = Captioner.load(workdir), Captioner.load([workdir, workdir])
@@ -175,6 +181,7 @@ def _beam_by_hand(cap, grids, k=3):
           for beams in np.asarray(decode.beam_search(cap.decoders, cap.decoder_params, grids, k, 20, 0.0)[0])]
 
 
+@pytest.mark.slow
 def test_members_with_other_encoder_weights_each_encode_the_image(trained):
   workdir, cfg = trained
   cap = Captioner.load(workdir)
@@ -192,6 +199,7 @@ def test_members_with_other_encoder_weights_each_encode_the_image(trained):
   assert got == _beam_by_hand(ens, (a, b, a))
 
 
+@pytest.mark.slow
 def test_an_ensemble_across_input_sizes_encodes_at_the_largest_and_shows_the_first_attention(trained, trained_at_32,
                                                                                           tmp_path, capsys):
   from jaxcap import caption, evaluate
@@ -228,6 +236,7 @@ def test_an_ensemble_across_input_sizes_encodes_at_the_largest_and_shows_the_fir
   assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bleu4"] >= 0
 
 
+@pytest.mark.slow
 def test_evaluate_and_caption_clis_take_several_checkpoints(trained, tmp_path, capsys):
   from jaxcap import caption, evaluate
   workdir, cfg = trained
@@ -246,6 +255,7 @@ def test_evaluate_and_caption_clis_take_several_checkpoints(trained, tmp_path, c
   assert two_captions == one_captions and len(one_captions.splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_app_with_two_checkpoints_shows_both_and_captions(trained, monkeypatch):
   from streamlit.testing.v1 import AppTest
   workdir, cfg = trained

@@ -253,6 +253,7 @@ def test_captioner_falls_back_from_a_damaged_best_and_says_so(trained, tmp_path)
     Captioner.load(workdir)
 
 
+@pytest.mark.slow
 def test_app_shows_the_fallback_warning(trained, tmp_path, monkeypatch):
   from streamlit.testing.v1 import AppTest
   src, _ = trained
@@ -377,6 +378,7 @@ def test_tfds_preparation_on_a_full_disk_is_one_line_and_leaves_nothing_taken_fo
     assert os.path.exists(os.path.join(builder.data_dir, tfds_builder.REPORT_FILE))
 
 
+@pytest.mark.slow
 def test_feature_cache_on_a_full_disk_is_one_line_and_leaves_no_half_cache(synth_dir, tmp_path):
   import jax
   from jaxcap import feature_cache

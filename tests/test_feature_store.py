@@ -101,6 +101,7 @@ def test_streamed_batches_equal_in_memory_batches_and_resume_exactly(grids):
     np.testing.assert_array_equal(np.concatenate([h[step]["grid"] for h in halves]), whole[step]["grid"])
 
 
+@pytest.mark.slow
 def test_training_on_the_streamed_store_equals_training_in_memory(tiny_config, read_metrics, tmp_path, capsys):
   results = {}
   for store in ("memory", "stream"):
@@ -114,6 +115,7 @@ def test_training_on_the_streamed_store_equals_training_in_memory(tiny_config, r
   assert os.path.exists(os.path.join(str(tmp_path / "stream"), "vocab.json"))
 
 
+@pytest.mark.slow
 def test_two_writers_sharing_a_cache_encode_a_split_once_and_the_second_reads_the_first(synth_dir, tmp_path,
                                                                                         capsys):
   import threading

@@ -47,6 +47,7 @@ def feed(tiny_config):
   return f, builder, vocab, model, variables
 
 
+@pytest.mark.slow
 def test_decoded_batches_are_tf_datas_pixels_and_encode_alike(feed):
   f, builder, vocab, model, variables = feed
   assert isinstance(f, images.DecodedImages) and f.source.device is not None
@@ -88,6 +89,7 @@ def test_augmentation_is_a_function_of_the_step_and_changes_pixels(feed):
   assert np.abs(a.astype(float) - pixels).mean() < 40
 
 
+@pytest.mark.slow
 def test_device_resident_decoded_feed_copies_nothing_per_step(tiny_config, monkeypatch, tmp_path, capfd):
   # 24 steps cross an epoch end (22 steps an epoch): the once-an-epoch index table is the only upload.
   assert run(tiny_config, tmp_path / "device", **{"train.transfer_guard": "disallow_explicit", "train.feed_placement": "device"})["step"] == 24
@@ -96,6 +98,7 @@ def test_device_resident_decoded_feed_copies_nothing_per_step(tiny_config, monke
   assert "train feed: on the devices, replicated; train images" in err
 
 
+@pytest.mark.slow
 def test_decoded_feed_on_host_or_device_gives_the_same_losses_and_resumes_exactly(tiny_config, read_metrics,
                                                                                  monkeypatch, tmp_path):
   run(tiny_config, tmp_path / "device", **{"train.feed_placement": "device"})
@@ -119,6 +122,7 @@ def test_decoded_feed_on_host_or_device_gives_the_same_losses_and_resumes_exactl
                                ) < 1e-4, name
 
 
+@pytest.mark.slow
 def test_auto_streams_through_tf_data_when_the_decoded_images_exceed_the_budget(tiny_config, tmp_path, capfd):
   run(tiny_config, tmp_path / "w", **{"train.image_feed": "auto", "train.feature_memory_gb": 1e-6,
                                       "train.num_steps": 2, "train.log_every": 1})

@@ -83,7 +83,7 @@ def test_evaluate_cli_prints_metrics_and_writes_predictions(trained, tmp_path):
   assert len(rows) == 6 and {"image", "caption", "beams", "references", "bleu4"} <= set(rows[0])
 
 
-@pytest.mark.parametrize("regime", ["finetune", pytest.param("cached", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("regime", [pytest.param(r, marks=pytest.mark.slow) for r in ("finetune", "cached")])
 def test_trainer_dev_bleu_equals_evaluate_on_the_same_checkpoint(regime, tiny_config, tmp_path, capsys):
   cfg = tiny_config(regime, **{"train.num_steps": 20, "train.eval_every": 10, "train.final_test_eval": False})
   workdir = str(tmp_path / "w")

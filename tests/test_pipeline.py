@@ -30,6 +30,7 @@ def test_tf_tokenize_matches_python_to_ids():
     assert list(row) == want + [V.PAD_ID] * (8 - len(want)), c
 
 
+@pytest.mark.slow
 def test_train_batches(prepared):
   builder, src, vocab = prepared
   it = pipeline.train_batches(builder, vocab, batch_size=8, max_len=6, preprocessing=PP, seed=1)
@@ -47,6 +48,7 @@ def test_train_batches(prepared):
   np.testing.assert_array_equal(b["tokens"], b2["tokens"])
 
 
+@pytest.mark.slow
 def test_train_augment_changes_pixels_of_the_same_examples(prepared):
   builder, _, vocab = prepared
 

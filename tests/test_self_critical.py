@@ -43,6 +43,7 @@ def test_reward_counts_end_and_prefers_the_reference():
   assert r[0] > r[1] > 0 and r[0] > r[2]  # the reference with <end> beats it without, and a dangling caption
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["others", "greedy"])
 def test_advantage_is_the_reward_over_the_chosen_baseline(tiny_config, baseline):
   config = tiny_config("self_critical", **{"train.scst_baseline": baseline, "train.scst_samples": 3})

@@ -20,6 +20,7 @@ def _photos(cap, n, seed=0):
   return np.random.default_rng(seed).integers(0, 256, (n, s, s, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_batched_and_match_the_captioner(captioner):
   service = CaptionService(captioner, buckets=(1, 2, 4, 8), window_s=0.05, warm=(Request(3, 12, 1.0),))
   try:

@@ -15,7 +15,7 @@ from jaxcap.data import vocab as V
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("regime", ["cached", pytest.param("finetune", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("regime", [pytest.param(r, marks=pytest.mark.slow) for r in ("cached", "finetune")])
 def test_training_learns_and_leaves_a_complete_workdir(regime, tiny_config, read_metrics, tmp_path):
   workdir = str(tmp_path / regime)
   result = train_lib.train_and_evaluate(tiny_config(regime, **{"train.num_steps": 60}), workdir)
@@ -39,6 +39,7 @@ def test_training_learns_and_leaves_a_complete_workdir(regime, tiny_config, read
       os.path.join(workdir, "metrics.jsonl"))) if "dev_bleu4" in r and r["step"] <= 60)
 
 
+@pytest.mark.slow
 def test_decay_steps_stops_partway_down_the_longer_schedule(tiny_config, read_metrics, tmp_path):
   """A run of 20 steps with train.decay_steps=40 is the first half of the 40-step run (same lr, same batches),
   which is what stopping where a longer run peaked on dev relies on."""
@@ -98,6 +99,7 @@ def test_one_device_and_eight_simulated_devices_give_the_same_losses(train_cmd, 
   np.testing.assert_allclose([losses[1][s] for s in range(1, 6)], [losses[0][s] for s in range(1, 6)], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_names_the_field(trained):
   workdir, cfg = trained
   changed = cfg.copy_and_resolve_references()
@@ -116,6 +118,7 @@ def test_vocabulary_mismatch_is_reported(tiny_config, tmp_path):
     train_lib.train_and_evaluate(tiny_config("cached"), workdir)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, read_metrics, tmp_path):
   workdir = str(tmp_path / "w")
   cfg = tiny_config("cached", **{"train.num_steps": 30, "train.checkpoint_every": 5})
