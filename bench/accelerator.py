@@ -106,7 +106,7 @@ def main():
   p.add_argument("--batch_sizes", default="64,256,1024")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--ks", default="1,8", help="steps per dispatch")
-  p.add_argument("--backwards", default="auto", help="attention backward(s) of the train rows: auto,manual,autodiff")
+  p.add_argument("--backwards", default="manual", help="attention backward(s) of the train rows: manual,autodiff")
   p.add_argument("--length", type=int, default=16, help="tokens per caption in the train-step rows")
   p.add_argument("--steps", type=int, default=48, help="train steps per timed run")
   p.add_argument("--repeats", type=int, default=3)
@@ -167,7 +167,7 @@ def main():
   peak_of = lambda dtype: peaks.get((dtype, None), float("nan"))  # noqa: E731  (nan without the peak section)
 
   # -- the decoder and its data ----------------------------------------------------------------------------------
-  def config(dtype: str, backward: str = "auto", k: int = 1, batch: int = 64):
+  def config(dtype: str, backward: str = "manual", k: int = 1, batch: int = 64):
     cfg = flickr8k_lite0.get_config()
     cfg.model.encoder, cfg.model.pretrained, cfg.model.image_size = "small_cnn", "", 32
     cfg.model.embed_dim = cfg.model.hidden_dim = cfg.model.attention_dim = width
@@ -242,12 +242,12 @@ def main():
         for batch in map(int, a.batch_sizes.split(",")):
           for k in map(int, a.ks.split(",")):
             runner.row("train", f"decoder train step, B={batch}, {dtype}, K={k}" +
-                       ("" if backward == "auto" else f", {backward} backward"), train_row(dtype, batch, k, backward),
+                       ("" if backward == "manual" else f", {backward} backward"), train_row(dtype, batch, k, backward),
                        batch=batch, dtype=dtype, k=k, backward=backward, length=a.length)
 
   def epoch_row(batch, dtype, k):
     def run():
-      setup, objective = decoder_setup(dtype, "auto")
+      setup, objective = decoder_setup(dtype, "manual")
       feed, compiled = feed_of(real, batch, k, True), {}
       spe = feed.steps_per_epoch
       first, compile_s, _ = run_loop(setup, objective, feed, spe, k, compiled)  # every shape compiled

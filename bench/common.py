@@ -28,8 +28,28 @@ def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
   return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats}
 
 
+def cpu() -> dict:
+  """The processor as XLA's CPU code sees it: model name, family/model/stepping, and the vector extensions (AVX,
+  AVX-512, AMX, ...) that decide which kernels it compiles, so the last digits of a run can be matched to it."""
+  info: dict[str, str] = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+        if not line.strip():
+          break  # the first processor's block describes them all
+  except OSError:
+    return {"model": platform.processor() or platform.machine()}
+  flags = info.get("flags", "").split()
+  return {"model": info.get("model name", "?"),
+          "family_model_stepping": "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping")),
+          "vector_extensions": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))}
+
+
 def machine() -> dict:
-  return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+  return {"cpus": os.cpu_count(), "cpu": cpu(), "platform": platform.platform(),
+          "python": platform.python_version()}
 
 
 def emit(result: dict) -> None:

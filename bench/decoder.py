@@ -34,7 +34,7 @@ def needed_train_gflop(b: int, t: int, deep_output: bool = False) -> float:
   return 3 * 2 * b * (t * per_step + per_image) / 1e9
 
 
-def make_jax_train_step(b: int, t: int, deep_output: bool, attention_backward: str = "auto"):
+def make_jax_train_step(b: int, t: int, deep_output: bool, attention_backward: str = "manual"):
   """(train_step, state, batch): the shipped trainer's step for the 7x7x1280 decoder, batch b, length t."""
   import jax
   import jax.numpy as jnp

@@ -52,7 +52,7 @@ def main(argv) -> int:
       raise
     print(line, file=sys.stderr)
     return 2
-  except KeyboardInterrupt:  # before training started (then Ctrl-C saves and stops, see train_lib.Preemption)
+  except KeyboardInterrupt:  # before training started (then Ctrl-C saves and stops, see jaxcap.preemption)
     print("error: interrupted before training started; nothing to save", file=sys.stderr)
     return 130
   if jax.process_index() == 0:

@@ -136,4 +136,5 @@ def test_missing_dataset_is_one_clear_line(tmp_path):
                         "--config", os.path.join(ROOT, "configs", "flickr8k_lite0.py"),
                         f"--config.data.data_dir={tmp_path / 'nope'}"], capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 2
-  assert out.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope'}: data directory does not exist"
+  assert out.stderr.strip().splitlines()[-1] == (f"error: config data.data_dir={str(tmp_path / 'nope')!r} is not a folder: "
+                                                   f"set --config.data.data_dir=/path/to/flickr8k or JAXCAP_FLICKR8K_DIR")
