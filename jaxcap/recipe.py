@@ -83,7 +83,9 @@ def chains(recipe: ml_collections.ConfigDict, workdir: str) -> list[list[tuple[s
       try:
         config_check.check(config)
       except ConfigError as e:
-        raise ConfigError(f"recipe stage {os.path.basename(stage_dir)}: {e}") from None
+        # A stage's fields are the recipe's base's: the flags that set them are --config.base.*.
+        line = str(e).replace("--config.", "--config.base.")
+        raise ConfigError(f"recipe stage {os.path.basename(stage_dir)}: {line}") from None
     out.append(chain)
   return out
 
