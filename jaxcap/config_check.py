@@ -151,11 +151,10 @@ _MISSING = object()
 
 
 def _kind(data) -> str:
-  """What data.data_dir is for: "synthetic" (generated, no folder), "flickr8k", "karpathy" or "tfds"."""
-  if data.get("synthetic", False):
-    return "synthetic"
-  name = data.get("dataset", "flickr8k") or "flickr8k"
-  return "tfds" if name.startswith("tfds:") else name
+  """What data.data_dir is for: "synthetic" (generated, no folder), else the dataset's kind as
+  `jaxcap.data.dataset` reads it: "flickr8k", "karpathy" or "tfds" (data.dataset was checked by then)."""
+  from jaxcap.data import dataset
+  return "synthetic" if data.get("synthetic", False) else dataset.spec(data).kind
 
 
 def ignored(config) -> list[str]:

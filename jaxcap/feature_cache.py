@@ -53,11 +53,8 @@ def directory_for(config, builder, size: int) -> str:
   """Where a config's frozen-encoder grids are cached: keyed by the prepared dataset (an adapter's cache_id),
   the encoder, its weights file (`model.pretrained`; "default": the encoder's converted weights) and input
   size."""
-  weights = config.model.pretrained
-  if weights == "default":
-    weights = pretrained.default_path(config.model.encoder)
   return directory(config.data.feature_cache_dir, getattr(builder, "cache_id", builder.data_dir),
-                   config.model.encoder, weights or None, config.seed, size)
+                   config.model.encoder, pretrained.weights_path(config) or None, config.seed, size)
 
 
 def pixels_directory(root: str, dataset_dir: str, size: int) -> str:

@@ -36,6 +36,12 @@ def default_path(name: str) -> str:
   return os.path.join(root, f"{name}.msgpack")
 
 
+def weights_path(config) -> str:
+  """The weights file a config's `model.pretrained` names ("default": the encoder's converted file; "": none)."""
+  p = config.model.pretrained
+  return default_path(config.model.encoder) if p == "default" else p
+
+
 def save(path: str, name: str, variables: dict, source: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   blob = serialization.msgpack_serialize({"format": FORMAT, "encoder": name, "source": source,

@@ -112,12 +112,12 @@ class StageStopped(Exception):
 
 
 def run(recipe: ml_collections.ConfigDict, workdir: str, log=lambda *x: print(*x, file=sys.stderr, flush=True)):
-  from jaxcap import evaluate, pretrained, train_lib, train_state
+  from jaxcap import evaluate, pretrained, train_lib
   from jaxcap.consensus.build import write as write_consensus
 
   t0, result = time.time(), {"stages": {}}
   for stage_dir, config in stages(recipe, workdir):
-    if config.model.pretrained == "default" and not os.path.exists(train_state.weights_path(config)):
+    if config.model.pretrained == "default" and not os.path.exists(pretrained.weights_path(config)):
       log(f"converting the {config.model.encoder} ImageNet weights (once)")
       pretrained.convert(config.model.encoder)
   for stage_dir, config in stages(recipe, workdir):

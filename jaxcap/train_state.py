@@ -28,11 +28,6 @@ class TrainError(Exception):
   """A problem the user can fix; the message is one line."""
 
 
-def weights_path(config) -> str:
-  p = config.model.pretrained
-  return pretrained.default_path(config.model.encoder) if p == "default" else p
-
-
 def init_model(config, vocab_size: int, vocab_tokens: Sequence[str] | None = None) -> tuple[CaptionModel, dict]:
   """The model and its initial variables (params and batch_stats): the pretrained encoder weights the config
   names, or all of `train.init_from`'s weights (a workdir or checkpoint, e.g. cross-entropy training before
@@ -45,13 +40,13 @@ def init_model(config, vocab_size: int, vocab_tokens: Sequence[str] | None = Non
   variables = jax.tree.map(np.asarray, dict(variables))
   variables.setdefault("batch_stats", {"encoder": {}})
   if config.model.pretrained:
-    loaded = pretrained.load(weights_path(config), config.model.encoder)
+    loaded = pretrained.load(pretrained.weights_path(config), config.model.encoder)
     for col in ("params", "batch_stats"):
       want = traverse_util.flatten_dict(variables[col]["encoder"]) if variables[col].get("encoder") else {}
       have = traverse_util.flatten_dict(loaded.get(col, {}))
       missing = [k for k in want if k not in have or have[k].shape != want[k].shape]
       if missing:
-        raise TrainError(f"{weights_path(config)}: weights do not fit encoder {config.model.encoder!r} "
+        raise TrainError(f"{pretrained.weights_path(config)}: weights do not fit encoder {config.model.encoder!r} "
                          f"(e.g. {'/'.join(missing[0])})")
       if want:  # classifier weights in the file are not part of the encoder and are left out
         variables[col]["encoder"] = traverse_util.unflatten_dict({k: have[k] for k in want})
