@@ -55,10 +55,11 @@ def _init(decoders, params, grids):
   return tuple(s[:2] for s in states), tuple(s[2] for s in states)
 
 
-def _step(decoders, params, consts, carries, tokens, n: int):
-  """One step of every member: their logits ([B, V] each), the mean attention [B, n] of the attending members
-  over n positions (the first attending member's grid; empty when none attends) and the new carries."""
-  outs = [d.apply({"params": p}, c + (carry,), tokens, method=Decoder.step)
+def _step(decoders, params, consts, carries, tokens, n: int, beams: int = 1):
+  """One step of every member: their logits ([R, V] each), the mean attention [R, n] of the attending members
+  over n positions (the first attending member's grid; empty when none attends) and the new carries. R rows:
+  consts hold B images, carries and tokens B * beams rows (each image's beams consecutive)."""
+  outs = [d.apply({"params": p}, c + (carry,), tokens, beams, method=Decoder.step)
           for d, p, c, carry in zip(decoders, params, consts, carries)]
   alphas = [o[1] for o in outs]
   return [o[0] for o in outs], _mean([a for a in alphas if a.shape[-1] == n]), tuple(o[2][2] for o in outs)
@@ -177,16 +178,38 @@ def _merge_beams(tree):
   return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
 
 
-@functools.partial(jax.jit, static_argnames=("decoder", "beam_size", "max_len"))
+ENDED, LIVE, EMPTY = 0, 1, 2  # the classes of returned hypotheses, in the order they are ranked
+
+
+def rank_hypotheses(fin_scores: jax.Array, live_lp: jax.Array, live_scores: jax.Array, k: int):
+  """The k hypotheses to return, best first, from the ended ones (fin_scores [B, K1]; NEG_INF: an empty slot) and
+  the live ones (live_lp [B, K2], NEG_INF: an empty beam; ranked by live_scores): every ended hypothesis before
+  every live one, each class by its score (not assumed sorted), empty slots last. -> (indices [B, k] into the
+  two concatenated, empty [B, k] bool)."""
+  cls = jnp.concatenate([jnp.where(fin_scores > NEG_INF / 2, ENDED, EMPTY),
+                         jnp.where(live_lp > NEG_INF / 2, LIVE, EMPTY)], 1).astype(jnp.int32)
+  score = jnp.concatenate([fin_scores, live_scores], 1)
+  idx = jnp.broadcast_to(jnp.arange(score.shape[1], dtype=jnp.int32), score.shape)
+  # Two keys (class, then score) rather than one score offset per class: an offset as large as NEG_INF would
+  # round the scores away in float32. Stable: ties keep the lower index first, as top_k does.
+  cls, _, idx = jax.lax.sort((cls, -score, idx), dimension=1, num_keys=2, is_stable=True)
+  return idx[:, :k], cls[:, :k] == EMPTY
+
+
+@functools.partial(jax.jit, static_argnames=("decoder", "beam_size", "max_len", "with_alphas"))
 def beam_search(decoder: Members, params, grid: Grids, beam_size: int = 3, max_len: int = 20,
-                alpha: float | jax.Array = 0.0):
+                alpha: float | jax.Array = 0.0, with_alphas: bool = False):
   """Beam search for grid [B, h, w, C], batched over images.
 
   Returns tokens [B, K, max_len] (<pad> after <end>), scores [B, K] (log-probability / length penalty, best
-  first), log_probs [B, K] (plain sum) and alphas [B, K, max_len, N] (attention of every token).
+  first), log_probs [B, K] (plain sum) and alphas [B, K, max_len, N] (attention of every token); with
+  `with_alphas=False`, alphas [B, K, max_len, 0] and the loop keeps no attention history (for callers that show
+  no attention maps: the history is carried, gathered and copied at every step, K * max_len maps per image).
   An ended hypothesis never grows again and keeps its score; a hypothesis that reaches max_len without <end>
-  is returned as it is (ranked after every ended one), so every image always gets K captions. The loop
-  stops once no live beam can beat the worst kept ended one. `alpha` is traced: changing it never recompiles.
+  is returned as it is (ranked after every ended one), so every image always gets K captions (slots beyond what
+  the model can say come back empty: <pad>, score -inf, zero attention). The loop stops once no live beam can
+  beat the worst kept ended one. `alpha` is traced: changing it never recompiles. The image's constants are
+  kept once per image, not once per beam: the K beams attend the same copy (`Decoder.step`'s beams).
   An ensemble extends hypotheses by the mean of the members' log-probabilities (log_probs: the mean of the
   members' caption log-probabilities; alphas: the mean attention of the attending members).
   """
@@ -197,12 +220,12 @@ def beam_search(decoder: Members, params, grid: Grids, beam_size: int = 3, max_l
   b = grids[0].shape[0]
   consts, carries = _init(decoders, params, grids)
   n = _attention_size(decoders, grids)
-  tile = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
-  consts, carries = jax.tree.map(tile, consts), jax.tree.map(tile, carries)
+  n_hist = n if with_alphas else 0
+  carries = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), carries)  # [B, ...] -> [B*K, ...]
   # Only beam 0 is live at the start, so the first step does not pick K copies of the same word.
   live_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
   seqs = jnp.full((b, k, max_len), vocab_lib.PAD_ID, jnp.int32)
-  alphas = jnp.zeros((b, k, max_len, n), jnp.float32)
+  alphas = jnp.zeros((b, k, max_len, n_hist), jnp.float32)
   fin_seqs, fin_alphas = seqs, alphas
   fin_scores = jnp.full((b, k), NEG_INF, jnp.float32)
   fin_lp = jnp.full((b, k), NEG_INF, jnp.float32)
@@ -218,14 +241,14 @@ def beam_search(decoder: Members, params, grid: Grids, beam_size: int = 3, max_l
 
   def body(c):
     t, live_lp, seqs, alphas, carries, last, fin_scores, fin_lp, fin_seqs, fin_alphas = c
-    logits, alpha_t, carries = _step(decoders, params, consts, carries, last.reshape(-1), n)
+    logits, alpha_t, carries = _step(decoders, params, consts, carries, last.reshape(-1), n, k)
     logp = _mean([jax.nn.log_softmax(allowed_logits(lg)) for lg in logits]).reshape(b, k, -1)
     vsize = logp.shape[-1]
     cand = (live_lp[:, :, None] + logp).reshape(b, k * vsize)
     cand_lp, cand_idx = jax.lax.top_k(cand, 2 * k)                        # 2k: k may end at once
     beam, token = cand_idx // vsize, (cand_idx % vsize).astype(jnp.int32)
     c_seqs = _gather(seqs, beam).at[:, :, t].set(token)
-    c_alphas = _gather(alphas, beam).at[:, :, t].set(_gather(alpha_t.reshape(b, k, n), beam))
+    c_alphas = _gather(alphas, beam).at[:, :, t].set(_gather(alpha_t[:, :n_hist].reshape(b, k, n_hist), beam))
     is_end = token == vocab_lib.END_ID
     # A hypothesis ends only if its <end> ranks among the k best extensions (so beam 1 is exactly greedy);
     # an <end> further down is dropped, never kept live.
@@ -243,7 +266,7 @@ def beam_search(decoder: Members, params, grid: Grids, beam_size: int = 3, max_l
     live_lp, pick = jax.lax.top_k(live_scores, k)
     src = jnp.take_along_axis(beam, pick, 1)
     seqs, alphas = _gather(c_seqs, pick), _gather(c_alphas, pick)
-    # Only the LSTM carries follow their beam: the image's features are the same in all K rows.
+    # Only the LSTM carries follow their beam: the image's constants are shared by its K beams.
     carries = _merge_beams(_gather(_split_beams(carries, b, k), src))
     last = jnp.take_along_axis(token, pick, 1)
     return t + 1, live_lp, seqs, alphas, carries, last, fin_scores, fin_lp, fin_seqs, fin_alphas
@@ -252,14 +275,10 @@ def beam_search(decoder: Members, params, grid: Grids, beam_size: int = 3, max_l
   t, live_lp, seqs, alphas, _, _, fin_scores, fin_lp, fin_seqs, fin_alphas = jax.lax.while_loop(cond, body, init)
   # Unended live beams fill the slots no ended hypothesis took, so an image with no ended hypothesis still gets K.
   live_scores = live_lp / length_penalty(t, alpha)
-  # Ranking: real ended hypotheses, then real live ones, then empty slots.
-  fin_rank = jnp.where(fin_scores > NEG_INF / 2, fin_scores, 4 * NEG_INF)
-  live_rank = jnp.where(live_lp > NEG_INF / 2, live_scores + NEG_INF, 3 * NEG_INF)
-  rank = jnp.concatenate([fin_rank, live_rank], 1)
-  keep = jax.lax.top_k(rank, k)[1]
-  # Slots with no hypothesis (beam wider than what the model can say) come back empty with score -inf.
-  empty = jnp.take_along_axis(rank, keep, 1) < 2.5 * NEG_INF
-  scores = jnp.where(empty, -jnp.inf, jnp.take_along_axis(jnp.concatenate([fin_scores, live_scores], 1), keep, 1))
-  log_probs = jnp.where(empty, -jnp.inf, jnp.take_along_axis(jnp.concatenate([fin_lp, live_lp], 1), keep, 1))
+  keep, empty = rank_hypotheses(fin_scores, live_lp, live_scores, k)
+  pick = lambda a, b: jnp.take_along_axis(jnp.concatenate([a, b], 1), keep, 1)  # noqa: E731
+  scores = jnp.where(empty, -jnp.inf, pick(fin_scores, live_scores))
+  log_probs = jnp.where(empty, -jnp.inf, pick(fin_lp, live_lp))
   tokens = jnp.where(empty[..., None], vocab_lib.PAD_ID, _gather(jnp.concatenate([fin_seqs, seqs], 1), keep))
-  return tokens, scores, log_probs, _gather(jnp.concatenate([fin_alphas, alphas], 1), keep)
+  alphas = jnp.where(empty[..., None, None], 0.0, _gather(jnp.concatenate([fin_alphas, alphas], 1), keep))
+  return tokens, scores, log_probs, alphas

@@ -156,9 +156,8 @@ class Captioner:
              batch_size: int | None = None) -> list[Result]:
     """Captions for feature grids [N, h, w, C] (from `encode_pixels`), through `evaluator.decode_grids` in
     batches of `batch_size` (default: all N at once). One compilation per (batch size, beam, max_len)."""
-    out = evaluator.decode_grids(self.decoders, self.decoder_params, grids,
-                                 evaluator.Settings(beam_size, max_len, alpha, batch_size or grids_lib.rows(grids)),
-                                 self.reranker)
+    settings = evaluator.Settings(beam_size, max_len, alpha, batch_size or grids_lib.rows(grids), attention=True)
+    out = evaluator.decode_grids(self.decoders, self.decoder_params, grids, settings, self.reranker)
     # Attention maps are over the first attending member's grid (`jaxcap.decode`).
     h, w = next((g.shape[1:3] for m, g in zip(self.members, member_grids(self.decoders, grids))
                  if m.mode == "attend"), (0, 0))

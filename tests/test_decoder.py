@@ -1,4 +1,5 @@
-"""The LSTM decoder: scan and single step share parameters, the hand-written attention backward equals autodiff, greedy decoding."""
+"""The LSTM decoder: scan and single step share parameters, the hand-written attention backward equals autodiff, greedy
+decoding, a step of K beams per image against one copy of the image, the CPU-only feature barrier."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import pytest
 from jaxcap import decode
 from jaxcap.data import vocab as V
 from jaxcap.models import attend_lstm
-from jaxcap.models.decoder import Decoder
+from jaxcap.models.decoder import Decoder, repeat_rows
 
 
 def _setup(mode, vocab_size=12, deep_output=False):
@@ -162,3 +163,34 @@ def test_dropout_masks_do_not_depend_on_the_padded_length():
   padded = jnp.pad(tokens, ((0, 0), (0, 4)))
   long = d.apply(v, grid, padded, train=True, rngs={"dropout": jax.random.key(3)})[0]
   np.testing.assert_allclose(long[:, :4], short, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["attend", "show_tell"])
+def test_a_step_of_k_beams_per_image_reads_one_copy_of_the_image(mode):
+  d, grid, _, v = _setup(mode)
+  feats, att_feats, carry = d.apply(v, grid, method=Decoder.init_state)
+  k = 4
+  # Each image's K rows differ (their own carries and tokens), as beams do.
+  carry = jax.tree.map(lambda x: repeat_rows(x, k) * jnp.linspace(0.5, 1.5, k * x.shape[0])[:, None], carry)
+  toks = jnp.asarray(np.random.default_rng(2).integers(3, 12, k * grid.shape[0]), jnp.int32)
+  step = jax.jit(lambda state, toks, beams: d.apply(v, state, toks, beams, method=Decoder.step), static_argnums=2)
+  want = step(repeat_rows((feats, att_feats), k) + (carry,), toks, 1)
+  got = step((feats, att_feats, carry), toks, k)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)   # logits
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-6)   # attention
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got[2][2], want[2][2])
+  assert got[2][0].shape == feats.shape  # the state keeps one copy per image
+
+
+def test_the_feature_barrier_is_in_programs_lowered_for_cpu_only():
+  # A float16 grid (cached features): the barrier keeps XLA:CPU from repeating the cast in every fusion; lowered
+  # for another platform (a CPU host compiling ahead of time for TPU) the program has none.
+  d, _, tokens, v = _setup("attend")
+  grid = jnp.zeros((3, 2, 3, 10), jnp.float16)
+  for f, args in ((lambda v, g: d.apply(v, g, method=Decoder.init_state), (v, grid)),
+                  (lambda v, g, t: d.apply(v, g, t), (v, grid, tokens))):
+    traced = jax.jit(f).trace(*args)
+    hlo = {p: traced.lower(lowering_platforms=(p,)).as_text(dialect="hlo") for p in ("cpu", "tpu", "cuda")}
+    assert "opt-barrier" in hlo["cpu"]
+    assert "opt-barrier" not in hlo["tpu"] and "opt-barrier" not in hlo["cuda"]
+    assert "opt-barrier" in jax.jit(f).lower(*args).as_text(dialect="hlo")  # this (CPU) host's own programs

@@ -80,7 +80,8 @@ def _caption_log_prob(d, p, grid, tokens):
 @pytest.mark.slow
 def test_two_models_score_every_beam_by_the_mean_of_their_log_probs():
   (a, pa, grid), (b, pb, _) = model(1), model(2, hidden=24, deep_output=True)  # different architectures too
-  tokens, scores, log_probs, alphas = (np.asarray(x) for x in decode.beam_search((a, b), (pa, pb), grid, 3, 8, 0.0))
+  tokens, scores, log_probs, alphas = (np.asarray(x) for x in decode.beam_search((a, b), (pa, pb), grid, 3, 8, 0.0,
+                                                                                  with_alphas=True))
   want = (_caption_log_prob(a, pa, grid, tokens) + _caption_log_prob(b, pb, grid, tokens)) / 2
   np.testing.assert_allclose(log_probs, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(scores, log_probs)                       # alpha 0: the score is the log-probability
@@ -111,7 +112,8 @@ def test_members_on_other_encoders_each_read_their_own_grid():
   (a, pa, ga), (b, pb, gb) = model(1), model(2, hidden=24, grid_shape=(3, 3, 5))
   tokens, alphas = (np.asarray(x) for x in decode.greedy((a, b), (pa, pb), (ga, gb), max_len=8))
   np.testing.assert_array_equal(tokens, _greedy_by_hand([(a, pa), (b, pb)], [ga, gb], 8))
-  tokens, scores, log_probs, alphas = (np.asarray(x) for x in decode.beam_search((a, b), (pa, pb), (ga, gb), 3, 8, 0.0))
+  tokens, scores, log_probs, alphas = (np.asarray(x) for x in decode.beam_search((a, b), (pa, pb), (ga, gb), 3, 8, 0.0,
+                                                                                  with_alphas=True))
   want = (_caption_log_prob(a, pa, ga, tokens) + _caption_log_prob(b, pb, gb, tokens)) / 2
   np.testing.assert_allclose(log_probs, want, rtol=1e-5, atol=1e-5)
   # The attention shown is the first member's, over its 2x2 grid.

@@ -8,10 +8,16 @@ What is hoisted out of the time loop (same math as per-step, fewer and larger ma
 - the output projection to the vocabulary (from [h; context] in attend mode), for all T steps after the scan.
 In attend mode the training path scans `attend_lstm.attend_scan`, whose hand-written backward also keeps the
 weight gradients out of the loop; `step` (greedy and beam search) runs `attend_lstm.attend_step` on the same
-`cell` weights, so the two share parameters by construction (`tests/test_decoder.py` checks both).
+`cell` weights, so the two share parameters by construction (`tests/test_decoder.py` checks both). With
+`beams = K`, `step` takes K rows per image against one copy of each image's constants (beam search keeps no
+K copies of the grid): attend_step mapped over the beam axis.
+
+The vocabulary projection accumulates in and returns float32 whatever `dtype` (its inputs and kernel are cast to
+`dtype`): log-probabilities (the loss, beam ranking, self-critical log-probs) are not rounded to bfloat16.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -53,9 +59,17 @@ class AttendCell(nn.Module):
     lstm_k, _ = self.lstm(n_feat + self.hidden_dim, 4 * self.hidden_dim)
     return {"hq_k": hq_k, "hq_b": hq_b, "score_k": score_k, "score_b": score_b, "lstm_k": lstm_k}
 
-  def __call__(self, carry, x_gates, feats, att_feats):
-    # x_gates [B, 4H] (embedding part of the gates), feats [B, N, C], att_feats [B, N, A] (hoisted projection)
-    return attend_lstm.attend_step(self.weights(feats.shape[-1]), carry, x_gates, feats, att_feats, self.dtype)
+  def __call__(self, carry, x_gates, feats, att_feats, beams: int = 1):
+    # x_gates [B*K, 4H] (embedding part of the gates), carry [B*K, H] (K = beams rows per image, consecutive),
+    # feats [B, N, C], att_feats [B, N, A] (hoisted projection): one copy per image, whatever K.
+    w = self.weights(feats.shape[-1])
+    step = functools.partial(attend_lstm.attend_step, dtype=self.dtype)
+    if beams == 1:
+      return step(w, carry, x_gates, feats, att_feats)
+    split = lambda x: x.reshape((feats.shape[0], beams) + x.shape[1:])  # noqa: E731
+    carry, ys = jax.vmap(step, in_axes=(None, 1, 1, None, None), out_axes=1)(
+        w, jax.tree.map(split, carry), split(x_gates), feats, att_feats)
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), (carry, ys))
 
 
 class ShowTellCell(nn.Module):
@@ -63,7 +77,8 @@ class ShowTellCell(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, carry, x_gates, feats, att_feats):
+  def __call__(self, carry, x_gates, feats, att_feats, beams: int = 1):
+    del feats, att_feats, beams  # rows are independent: K beams per image are just more rows
     c, h = carry
     gates = x_gates + nn.Dense(4 * self.hidden_dim, use_bias=False, dtype=self.dtype, name="lstm")(h)
     c, h = attend_lstm.lstm_update(gates, c)
@@ -107,14 +122,15 @@ class Decoder(nn.Module):
       self.cell = ShowTellCell(self.hidden_dim, self.dtype, name="cell")
     if self.deep_output:
       self.deep = nn.Dense(self.embed_dim, dtype=self.dtype, name="deep")
-    self.out = nn.Dense(self.vocab_size, dtype=self.dtype, name="out")
+    self.out = _Kernel(name="out")   # an nn.Dense's parameters; applied by _logits
 
   def init_state(self, grid):
     """Per-image constants and the initial carry. grid [B, h, w, C] -> (feats, att_feats, (c, h))."""
     feats = grid.reshape(grid.shape[0], -1, grid.shape[-1]).astype(self.dtype)      # [B, N, C]
-    # Converted once: XLA would otherwise repeat the cast (slow for float16 cached features on CPU) inside
-    # every fusion that reads the features.
-    feats = jax.lax.optimization_barrier(feats)
+    # Converted once on CPU: XLA:CPU would otherwise repeat the cast (slow for float16 cached features) inside
+    # every fusion that reads the features. Elsewhere the barrier would only stop XLA fusing the cast into its
+    # consumers. Chosen when lowering, not tracing: a CPU host also lowers this program for TPU.
+    feats = jax.lax.platform_dependent(feats, cpu=jax.lax.optimization_barrier, default=lambda x: x)
     pooled = jnp.mean(feats.astype(jnp.float32), axis=1).astype(self.dtype)
     carry = (jnp.tanh(self.init_c(pooled).astype(jnp.float32)),
              jnp.tanh(self.init_h(pooled).astype(jnp.float32)))
@@ -143,8 +159,7 @@ class Decoder(nn.Module):
                      in_axes=(1, nn.broadcast, nn.broadcast), out_axes=1)
       _, (outs, alphas) = scan(self.cell, carry, x_gates, feats, att_feats)
     outs = self._pre_logits(outs, emb)
-    logits = self.out(self._dropout(outs, self.dropout, train).astype(self.dtype))
-    return logits.astype(jnp.float32), alphas
+    return self._logits(self._dropout(outs, self.dropout, train)), alphas
 
   def _dropout(self, x, rate: float, train: bool):
     """Dropout on x [B, T, D] whose mask at time t depends only on (the dropout key, t), not on T: a batch padded
@@ -156,14 +171,24 @@ class Decoder(nn.Module):
     keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, x.shape[:1] + x.shape[2:]), out_axes=1)(keys)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
-  def step(self, state, tokens):
-    """One decoding step. state = (feats, att_feats, carry); tokens [B] -> (logits [B, V], alpha, state)."""
+  def step(self, state, tokens, beams: int = 1):
+    """One decoding step. state = (feats, att_feats, carry); tokens [B] -> (logits [B, V], alpha [B, N], state).
+    With beams = K: feats and att_feats hold B images, carry and tokens B*K rows (image i's K rows consecutive),
+    and logits and alpha are per row."""
     feats, att_feats, carry = state
     emb = self.embed(tokens)
     x_gates = self.embed_gates(emb.astype(self.dtype))
-    carry, (out, alpha) = self.cell(carry, x_gates, feats, att_feats)
+    carry, (out, alpha) = self.cell(carry, x_gates, feats, att_feats, beams)
     out = self._pre_logits(out, emb)
-    return self.out(out.astype(self.dtype)).astype(jnp.float32), alpha, (feats, att_feats, carry)
+    return self._logits(out), alpha, (feats, att_feats, carry)
+
+  def _logits(self, x):
+    """The vocabulary projection of x [..., D]: `dtype` inputs and kernel, float32 accumulation, result and bias
+    (for float32 the same operations as nn.Dense)."""
+    kernel, bias = self.out(x.shape[-1], self.vocab_size)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    return y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
   def _pre_logits(self, outs, emb):
     if not self.deep_output:
