@@ -6,12 +6,14 @@ sampled captions rewarded by CIDEr-D (`CiderReward`). A feed names the objective
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxcap import decode
 from jaxcap.cider import CiderD
@@ -21,6 +23,9 @@ from jaxcap.models.caption_model import CaptionModel
 # forward(model, params, batch_stats, batch, inputs, rng) -> (logits [B, T, V], alphas [B, T, N], batch_stats):
 # a feed's way of running the model on its batches (features or images).
 Forward = Callable[..., tuple]
+# The step's key (`train_state`: the run's TRAIN stream folded with the step) is split by purpose with fold_in,
+# so dropout masks and sampled captions never share draws.
+DROPOUT, SAMPLING = 0, 1
 # objective(model, params, batch_stats, batch, rng) -> (loss, metrics {name: scalar}, batch_stats): what a step
 # minimizes (cross-entropy on a forward, or the self-critical policy gradient).
 Objective = Callable[..., tuple]
@@ -33,11 +38,13 @@ def cross_entropy(config, forward: Forward) -> Objective:
   def objective(model: CaptionModel, params, batch_stats, batch, rng):
     decoder = model.decoder
     inputs, targets, mask = batch["tokens"][:, :-1], batch["tokens"][:, 1:], batch["mask"][:, 1:]
-    logits, alphas, new_stats = forward(model, params, batch_stats, batch, inputs, rng)
-    labels = jax.nn.one_hot(targets, decoder.vocab_size)
+    dropout = jax.random.fold_in(rng, DROPOUT)
+    logits, alphas, new_stats = forward(model, params, batch_stats, batch, inputs, dropout)
     if t.label_smoothing:
-      labels = optax.smooth_labels(labels, t.label_smoothing)
-    xent = optax.softmax_cross_entropy(logits, labels)
+      labels = optax.smooth_labels(jax.nn.one_hot(targets, decoder.vocab_size), t.label_smoothing)
+      xent = optax.softmax_cross_entropy(logits, labels)
+    else:  # the target's logit gathered: no dense [B, T, V] one-hot to build, and read again in the backward pass
+      xent = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     ntok = jnp.maximum(mask.sum(), 1.0)
     ce = (xent * mask).sum() / ntok
     penalty = jnp.float32(0.0)
@@ -49,24 +56,43 @@ def cross_entropy(config, forward: Forward) -> Objective:
   return objective
 
 
-def self_critical(config, reward: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Objective:
+def data_mesh() -> Mesh:
+  """Every device of every process on one `data` axis: the mesh the trainer shards its batches over."""
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def self_critical(config, reward: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                  mesh: Mesh | None = None) -> Objective:
   """Self-critical sequence training (Rennie et al. 2017): `train.scst_samples` captions sampled per image
   (batch["grid"]), scored on the host by `reward(tokens [B, S, L], batch["image_index"] [B]) -> [B, S]`, and the
   policy gradient -(reward - baseline) * log p(caption), averaged over the sampled tokens (<end> included).
   The baseline (`train.scst_baseline`): "others", the mean reward of the same image's other samples (Luo 2020),
-  or "greedy", the reward of the image's greedy caption (Rennie et al.)."""
+  or "greedy", the reward of the image's greedy caption (Rennie et al.).
+
+  The batch is sharded over the `data` axis of `mesh` (default `data_mesh()`, the trainer's), and each device's
+  samples are scored by the process that holds them, on that device's rows only: no device's samples travel to
+  another, and the processes score at the same time. A process's devices call `reward` one at a time (XLA calls
+  back from one thread per device; a reward may keep state, as CiderD's word ids do)."""
   t = config.train
   n = t.scst_samples
+  one_at_a_time = threading.Lock()
+
+  def host_reward(tokens, index):
+    with one_at_a_time:
+      return np.asarray(reward(np.asarray(tokens), np.asarray(index)), np.float32)
 
   def score(tokens, index):
-    return jax.pure_callback(lambda tk, ix: np.asarray(reward(np.asarray(tk), np.asarray(ix)), np.float32),
-                             jax.ShapeDtypeStruct(tokens.shape[:2], jnp.float32), tokens, index)
+    def local(tk, ix):  # this device's rows
+      return jax.pure_callback(host_reward, jax.ShapeDtypeStruct(tk.shape[:2], jnp.float32), tk, ix)
+    return jax.shard_map(local, mesh=mesh or data_mesh(), in_specs=(P("data"), P("data")),
+                         out_specs=P("data"))(tokens, index)
 
   def objective(model: CaptionModel, params, batch_stats, batch, rng):
     grid = batch["grid"]
     b = grid.shape[0]
     frozen = jax.lax.stop_gradient(params["decoder"])
-    tokens, _ = decode.sample(model.decoder, frozen, grid, rng, n, t.decode_max_len, t.scst_temperature)
+    tokens, _ = decode.sample(model.decoder, frozen, grid, jax.random.fold_in(rng, SAMPLING), n, t.decode_max_len,
+                              t.scst_temperature)
     rewards = score(tokens, batch["image_index"])
     if t.scst_baseline == "greedy":
       greedy, _ = decode.greedy(model.decoder, frozen, grid, t.decode_max_len)

@@ -28,6 +28,17 @@ class TrainError(Exception):
   """A problem the user can fix; the message is one line."""
 
 
+# Random streams, one per purpose, each folded from PRNGKey(config.seed): seed 1's initialisation shares no
+# draws with seed 0's dropout, and a new purpose never shifts another's draws. The train step folds the step
+# number into TRAIN, and the objective folds its purpose (dropout, sampling: `jaxcap.objectives`) into that.
+INIT, TRAIN = 0, 1
+
+
+def stream(seed: int, purpose: int) -> jax.Array:
+  """The key of `purpose` (INIT, TRAIN) for `seed`."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), purpose)
+
+
 def init_model(config, vocab_size: int, vocab_tokens: Sequence[str] | None = None) -> tuple[CaptionModel, dict]:
   """The model and its initial variables (params and batch_stats): the pretrained encoder weights the config
   names, or all of `train.init_from`'s weights (a workdir or checkpoint, e.g. cross-entropy training before
@@ -36,7 +47,7 @@ def init_model(config, vocab_size: int, vocab_tokens: Sequence[str] | None = Non
   size = model.encoder.preprocessing.size
   images = jnp.zeros((1, size, size, 3), jnp.uint8)
   tokens = jnp.zeros((1, 2), jnp.int32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(config.seed), images, tokens)
+  variables = jax.jit(model.init)(stream(config.seed, INIT), images, tokens)
   variables = jax.tree.map(np.asarray, dict(variables))
   variables.setdefault("batch_stats", {"encoder": {}})
   if config.model.pretrained:
@@ -100,8 +111,10 @@ def build(config, model: CaptionModel, variables: dict, total_steps: int,
           trainable: Sequence[str] = ("decoder",)) -> Setup:
   tx = make_optimizer(config, total_steps, train_encoder="encoder" in trainable)
   params = variables["params"]
+  with jax.ensure_compile_time_eval():  # a host array even where build is traced (jaxcap.aot builds abstractly)
+    rng = np.asarray(stream(config.seed, TRAIN))
   state = {"step": np.zeros((), np.int32), "params": params, "batch_stats": variables["batch_stats"],
-           "opt_state": tx.init(params), "rng": np.asarray(jax.random.PRNGKey(config.seed + 1))}
+           "opt_state": tx.init(params), "rng": rng}
   return Setup(model, tx, state, tuple(trainable))
 
 
@@ -117,8 +130,7 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
     return loss, (aux, new_stats)
 
   def train_step(state, batch):
-    rng, step_rng = jax.random.split(state["rng"])
-    step_rng = jax.random.fold_in(step_rng, state["step"])
+    step_rng = jax.random.fold_in(state["rng"], state["step"])  # the step's key: a function of the step alone
     params = state["params"]
     trainable = {k: params[k] for k in setup.trainable}
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -127,7 +139,7 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     new_state = {"step": state["step"] + 1, "params": new_params, "batch_stats": stats, "opt_state": opt_state,
-                 "rng": rng}
+                 "rng": state["rng"]}
     m = {"loss": loss, **aux, "grad_norm": optax.global_norm(tgrads),
          "param_norm": optax.global_norm(new_params["decoder"])}
     return new_state, m
@@ -148,3 +160,9 @@ def make_dispatch(setup: Setup, objective: Objective, draw: Callable, steps: int
     return state, jax.tree.map(lambda m: m[-1], metrics)
 
   return dispatch
+
+
+def jit_dispatch(setup: Setup, objective: Objective, draw: Callable, steps: int):
+  """The jitted `make_dispatch` the trainer runs (the state donated: updated in place), and what `jaxcap.aot`
+  compiles ahead of time."""
+  return jax.jit(make_dispatch(setup, objective, draw, steps), donate_argnums=0)

@@ -1,11 +1,13 @@
 """Two processes on localhost (jax.distributed over 127.0.0.1, one CPU device each): they train in lockstep and
 reach the same losses as one process with the same global batch, in each regime (cached, fine-tune on decoded
-images, self-critical), and a SIGTERM or Ctrl-C to one of them stops both at the same step, saved once."""
+images, self-critical), and a SIGTERM or Ctrl-C to one of them stops both at the same step, saved once; validation
+splits the dev images between them and both report the one-process figures."""
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -107,3 +109,62 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step_and_the_rerun_resum
     assert p.returncode == 0, err[-2000:]
   assert f"resuming from {workdir}/checkpoints/{step}" in outs[0][1], outs[0][1][-3000:]
   assert json.loads(outs[0][0].strip().splitlines()[-1])["step"] == step + 5
+
+
+# Validation of a trained tiny model's dev split (6 images) by one process, or by each of two when given
+# --coordinator_address/--num_processes/--process_id; the dev grids record the rows this process reads.
+VALIDATE_SCRIPT = """
+import dataclasses, json, os, sys
+import jax
+flags = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+if flags:
+  jax.distributed.initialize(flags["--coordinator_address"], int(flags["--num_processes"]),
+                             int(flags["--process_id"]))
+import ml_collections, numpy as np
+from jax.sharding import Mesh
+from jaxcap import checkpoint, feeds, train_lib, train_state
+
+
+class Recorded:
+  def __init__(self, rows):
+    self.rows, self.read = rows, []
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, key):
+    self.read += list(range(len(self.rows))[key])
+    return self.rows[key]
+
+
+workdir = sys.argv[1]
+config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+config.train.eval_batch_size, config.train.feed_placement = 2, "host"
+builder, vocab, train, dev = train_lib.load_data(config, workdir, verbose=False)
+model, variables = train_state.init_model(config, len(vocab), vocab.tokens)
+feed = feeds.make_feed(config, builder, model, variables, vocab, train, dev, log=lambda *a: None, verbose=False)
+dev_inputs = feed.eval_inputs("dev", variables, 0)
+grids = Recorded(dev_inputs.grids)
+feed.eval_inputs = lambda split, variables, limit=0: dataclasses.replace(dev_inputs, grids=grids)
+state = jax.tree.map(np.asarray, checkpoint.load(os.path.join(workdir, "checkpoints", "20"))[0])
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+result = train_lib.validate(feed, model, state["params"], state["batch_stats"], "dev", config, vocab, mesh)
+print(json.dumps({"metrics": {k: v for k, v in result.items() if k != "dev_decode_s"}, "read": grids.read}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_each_decode_half_the_dev_images_and_report_the_one_process_figures(trained):
+  workdir, _ = trained
+  one = subprocess.run([sys.executable, "-c", VALIDATE_SCRIPT, workdir], capture_output=True, text=True, env=ENV,
+                       cwd=ROOT)
+  assert one.returncode == 0, one.stderr[-3000:]
+  procs = _launch([sys.executable, "-c", VALIDATE_SCRIPT, workdir], workdir)
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  single = json.loads(one.stdout.strip().splitlines()[-1])
+  a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
+  assert single["read"] == list(range(6)) and single["metrics"]["dev_images"] == 6
+  assert a["read"] == [0, 1, 2] and b["read"] == [3, 4, 5]  # each process read and decoded its half
+  assert a["metrics"] == b["metrics"] == single["metrics"]  # and both report every image's figures

@@ -2,6 +2,8 @@
 exact resume."""
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from jaxcap import decode, objectives, train_lib, train_state
 from jaxcap.data import vocab as V
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _records(workdir):
   return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -89,3 +92,75 @@ def test_self_critical_starts_from_the_checkpoint_selects_on_cider_and_resumes_e
 def test_init_from_refuses_another_vocabulary(tiny_config, xent):
   with pytest.raises(train_state.TrainError, match="vocabulary .* differs"):
     train_state.init_model(_scst(tiny_config, xent), 7, list(V.SPECIALS) + ["a", "b", "c"])
+
+
+# One self-critical loss and gradient on a batch of 8 train images sharded over the devices' `data` axis, rewarded
+# by a CIDEr-D reward that records what each call receives; prints the loss, the calls and the compiled program's
+# gathers of integer arrays (the sampled tokens, the image indices).
+SHARDED_SCRIPT = """
+import json, re, sys
+import jax, ml_collections, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxcap import objectives
+from jaxcap.data import vocab as V
+from jaxcap.models.caption_model import make_model
+
+config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
+shapes = ["circle", "square", "triangle"]
+vocab = V.Vocab(list(V.SPECIALS) + ["a", "red", "blue", "above", "below"] + shapes)
+names = [f"{i}.jpg" for i in range(8)]
+captions = {n: [f"a {c} {shapes[i % 3]} {p} a {d} {shapes[(i + 1) % 3]}" for c, d in (("red", "blue"), ("blue", "red"))
+                for p in ("above", "below")] for i, n in enumerate(names)}
+
+
+class RecordedCider(objectives.CiderReward):
+  calls = []
+
+  def __call__(self, tokens, image_index):
+    self.calls.append({"shape": list(tokens.shape), "images": image_index.tolist()})
+    return super().__call__(tokens, image_index)
+
+
+reward = RecordedCider(vocab, (names, captions))
+model = make_model(config.model, len(vocab))
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+grid = np.asarray(jax.random.normal(jax.random.key(0), (8, 2, 2, 128)))
+batch = jax.device_put({"grid": grid, "image_index": np.array([5, 2, 7, 0, 3, 6, 1, 4], np.int32)},
+                       NamedSharding(mesh, P("data")))
+params = jax.device_put(jax.jit(model.decoder.init)(jax.random.key(1), grid, np.ones((8, 3), np.int32))["params"],
+                        NamedSharding(mesh, P()))
+objective = objectives.self_critical(config, reward)
+step = jax.jit(jax.value_and_grad(lambda p: objective(model, {"decoder": p}, {}, batch, jax.random.key(2))[:2],
+                                  has_aux=True))
+compiled = step.lower(params).compile()
+(loss, metrics), grads = compiled(params)
+print(json.dumps({"loss": float(loss), "reward": float(metrics["reward"]), "grad_norm": float(jax.tree.reduce(
+    lambda a, g: a + float((np.asarray(g) ** 2).sum()), grads, 0.0)) ** 0.5, "calls": reward.calls,
+    "int_gathers": re.findall(r"s32\\[[\\d,]*\\]\\S* all-gather", compiled.as_text())}))
+"""
+
+
+@pytest.mark.slow
+def test_each_device_samples_are_scored_where_they_live_with_the_one_device_losses(tiny_config):
+  config = tiny_config("self_critical", **{"train.scst_baseline": "greedy", "train.scst_samples": 3})
+  runs = {}
+  for n in (1, 4):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, config.to_json()], capture_output=True, text=True,
+                         env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
+  index = [5, 2, 7, 0, 3, 6, 1, 4]
+  length = config.train.decode_max_len
+  # One device: one call for the samples [8, 3, L] and one for the greedy captions [8, 1, L].
+  assert sorted(c["shape"] for c in runs[1]["calls"]) == [[8, 1, length], [8, 3, length]]
+  # Four: every device's samples and greedy captions scored on its own two rows, never another device's.
+  calls = runs[4]["calls"]
+  assert sorted(c["shape"] for c in calls) == [[2, 1, length]] * 4 + [[2, 3, length]] * 4
+  own = [index[2 * d:2 * d + 2] for d in range(4)]
+  for s in (1, 3):
+    assert sorted(c["images"] for c in calls if c["shape"][1] == s) == sorted(own)
+  assert runs[4]["int_gathers"] == []  # no tokens (nor image indices) gathered to be scored elsewhere
+  assert runs[1]["reward"] > 0
+  for k in ("loss", "reward", "grad_norm"):
+    np.testing.assert_allclose(runs[4][k], runs[1][k], rtol=1e-5, err_msg=k)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxcap import checkpoint, train_lib, train_state
+from jaxcap import checkpoint, evaluator, train_lib, train_state
 from jaxcap.data import vocab as V
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,3 +138,57 @@ def test_missing_dataset_is_one_clear_line(tmp_path):
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == (f"error: config data.data_dir={str(tmp_path / 'nope')!r} is not a folder: "
                                                    f"set --config.data.data_dir=/path/to/flickr8k or JAXCAP_FLICKR8K_DIR")
+
+
+# Validation of a trained tiny model's dev split (6 images, batches of 2) on however many devices XLA was given,
+# its host-to-device copies logged by the transfer guard; then the dev grids decoded on the mesh and, as before
+# the mesh, on one device.
+VALIDATE_SCRIPT = """
+import json, os, sys
+import jax, ml_collections, numpy as np
+from jax.sharding import Mesh
+from jaxcap import checkpoint, evaluator, feeds, train_lib, train_state
+
+workdir = sys.argv[1]
+config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+config.train.eval_batch_size = 2
+builder, vocab, train, dev = train_lib.load_data(config, workdir, verbose=False)
+model, variables = train_state.init_model(config, len(vocab), vocab.tokens)
+feed = feeds.make_feed(config, builder, model, variables, vocab, train, dev, log=lambda *a: None, verbose=False)
+state = jax.tree.map(np.asarray, checkpoint.load(os.path.join(workdir, "checkpoints", "20"))[0])
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+with jax.transfer_guard_host_to_device("log_explicit"):
+  print("validation starts", file=sys.stderr, flush=True)
+  result = train_lib.validate(feed, model, state["params"], state["batch_stats"], "dev", config, vocab, mesh)
+  print("validation ends", file=sys.stderr, flush=True)
+inputs = feed.eval_inputs("dev", variables, 0)
+settings = evaluator.Settings(1, config.train.decode_max_len, 0.0, 2)
+decoded = [evaluator.decode_grids(model.decoder, state["params"]["decoder"], inputs.grids, settings, mesh=m).tokens
+           for m in (mesh, None)]
+print(json.dumps({"metrics": {k: v for k, v in result.items() if k != "dev_decode_s"},
+                  "tokens": decoded[0].tolist(), "one_device_tokens": decoded[1].tolist(),
+                  "leaves": len(jax.tree.leaves((state["params"], state["batch_stats"])))}))
+"""
+
+
+@pytest.mark.slow
+def test_validation_on_four_devices_gives_the_one_device_captions_and_copies_the_parameters_once(trained):
+  workdir, _ = trained
+  runs = {}
+  for n in (1, 4):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu",
+           "TF_CPP_MIN_LOG_LEVEL": "0"}  # the transfer guard's log lines
+    out = subprocess.run([sys.executable, "-c", VALIDATE_SCRIPT, workdir], capture_output=True, text=True, env=env,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    during = out.stderr.split("validation starts")[1].split("validation ends")[0]
+    runs[n]["copies"] = [l for l in during.splitlines() if "host-to-device transfer" in l]
+  assert runs[4]["tokens"] == runs[1]["tokens"] == runs[1]["one_device_tokens"]  # token for token
+  assert runs[4]["metrics"] == runs[1]["metrics"] and runs[1]["metrics"]["dev_images"] == 6
+  # Each parameter copied once to each device (float32), then only the batches' grids (float16), a shard to each
+  # device: 3 batches of 2 on one device, 2 of 4 (the second half padding) on four.
+  for n, batches in ((1, 3), (4, 2)):
+    copies, leaves = runs[n]["copies"], runs[n]["leaves"]
+    assert sum("float32" in c for c in copies) == leaves * n, copies
+    assert sum("float16" in c for c in copies) == batches * n and len(copies) == (leaves + batches) * n, copies

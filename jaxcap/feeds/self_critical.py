@@ -46,6 +46,7 @@ class SelfCritical(CachedFeatures):
     self.source = ImageBatches(self.source.train_rows, config.train.batch_size, config.seed)
 
   @staticmethod
-  def step_objectives(config, reward=None) -> dict[str, objectives.Objective]:
+  def step_objectives(config, reward=None, mesh=None) -> dict[str, objectives.Objective]:
+    """`mesh`: the devices the batch is sharded over (default: the trainer's, every device)."""
     reward = reward or (lambda tokens, index: np.zeros(tokens.shape[:2], np.float32))
-    return {"step": objectives.self_critical(config, reward)}
+    return {"step": objectives.self_critical(config, reward, mesh)}
