@@ -33,13 +33,14 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from jaxcap import logs  # noqa: E402
+from jaxcap import allocator, logs  # noqa: E402
 from jaxcap.checkpoint import CheckpointError  # noqa: E402
 from jaxcap.data.images import ImageError, read_image  # noqa: E402
 from jaxcap.inference import Captioner  # noqa: E402
 from jaxcap.serving import LRU, Busy, Captions, CaptionService, Request  # noqa: E402
 
 logs.install()  # a damaged checkpoint is one message on the page, not a log traceback
+allocator.for_backend()  # glibc malloc keeps freed step buffers for reuse (CPU only)
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_MAX = 640        # pixels on the long side of the copy the page shows (uploads can be 7000 px)
 WAIT_S = 60.0            # a request not answered by then gets the "busy, retry" message

@@ -11,6 +11,9 @@ import sys
 import time
 import urllib.request
 
+from jaxcap import allocator
+
+allocator.for_backend()  # as the commands do: on a CPU backend glibc keeps the freed step buffers for reuse
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: serve_app.py, jaxcap/
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]  # playwright: a fresh temporary profile

@@ -1,4 +1,5 @@
-"""glibc malloc settings for jaxcap's processes, applied once when jaxcap is imported.
+"""glibc malloc settings for jaxcap's CPU processes: the commands (train, evaluate, caption, the app) apply them
+when JAX's backend is the CPU (`for_backend`); importing jaxcap changes nothing process-wide.
 
 With glibc's defaults, the buffers XLA's CPU runtime allocates and frees every step (the step's temporaries,
 tens to hundreds of MB) go back to the kernel when freed (mmap'd above 32 MB; per-thread arenas unmapped or
@@ -7,7 +8,8 @@ about 15% of a training run's CPU time (`sys` in `/usr/bin/time`). Keeping freed
 for large blocks, no trimming, one arena) lets the next step reuse it; it changes no result, only where buffers
 live. Set by hand because glibc reads its own environment knob (GLIBC_TUNABLES) only at process start, before
 Python runs. `JAXCAP_MALLOC=system` keeps glibc's defaults (for an A/B); a user who sets malloc tunables in
-GLIBC_TUNABLES keeps them.
+GLIBC_TUNABLES keeps them. On an accelerator the step's buffers live in device memory, so the host keeps glibc's
+defaults.
 """
 import ctypes
 import os
@@ -29,3 +31,9 @@ def keep_freed_memory() -> bool:
     return False
   return all(mallopt(param, value) == 1 for param, value in
              ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_ARENA_MAX, 1)))
+
+
+def for_backend() -> bool:
+  """`keep_freed_memory()` when JAX computes on the CPU; True when applied."""
+  import jax
+  return jax.default_backend() == "cpu" and keep_freed_memory()

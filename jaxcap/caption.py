@@ -46,12 +46,13 @@ def main(argv=None) -> int:
 
   import numpy as np
 
-  from jaxcap import logs
+  from jaxcap import allocator, logs
   from jaxcap.checkpoint import CheckpointError
   from jaxcap.data.images import ImageError
   from jaxcap.inference import Captioner
 
   logs.install()
+  allocator.for_backend()  # glibc malloc keeps freed step buffers for reuse (CPU only)
 
   try:
     cap = Captioner.load(a.checkpoint, warn=lambda m: print(m, file=sys.stderr))

@@ -57,13 +57,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  from jaxcap import logs
+  from jaxcap import allocator, logs
   from jaxcap.checkpoint import CheckpointError
   from jaxcap.consensus import ConsensusError
   from jaxcap.data import DataError
   from jaxcap.data.images import ImageError
 
   logs.install()
+  allocator.for_backend()  # glibc malloc keeps freed step buffers for reuse (CPU only)
   try:
     summary = run(parser().parse_args(argv))
   except (CheckpointError, ConsensusError, DataError, ImageError) as e:

@@ -35,26 +35,32 @@ from jaxcap import fileio
 from jaxcap import paths, pretrained
 from jaxcap.data import DataError, pipeline
 from jaxcap.grids import SplitInputs, map_grids
+from jaxcap.models import layers
 
 
 def directory(root: str, dataset_dir: str, encoder_name: str, weights_file: str | None, seed: int,
-              size: int) -> str:
+              size: int, compute: str = "float32") -> str:
   """The cache folder for features of `dataset_dir` by this encoder with these weights (random init: the seed)
-  at input `size`, under `root` ("" = <cache root>/features)."""
+  at input `size`, computed as `compute` says (the dtype and kernels that change the features' bits), under
+  `root` ("" = <cache root>/features)."""
   root = root or os.path.join(paths.cache_root(), "features")
   weights_id = (os.path.basename(weights_file) + str(os.path.getmtime(weights_file)) if weights_file
                 else f"random-seed{seed}")
   weights_id += f"|pixels{pipeline.PIXELS_VERSION}"
-  key = f"{os.path.abspath(dataset_dir)}|{encoder_name}|{weights_id}|{size}"
+  key = f"{os.path.abspath(dataset_dir)}|{encoder_name}|{weights_id}|{size}|{compute}"
   return os.path.join(root, f"{encoder_name}-{size}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
 
 
 def directory_for(config, builder, size: int) -> str:
   """Where a config's frozen-encoder grids are cached: keyed by the prepared dataset (an adapter's cache_id),
-  the encoder, its weights file (`model.pretrained`; "default": the encoder's converted weights) and input
-  size."""
+  the encoder, its weights file (`model.pretrained`; "default": the encoder's converted weights), input size,
+  and how it computes: `model.dtype`, and for EfficientNets the depthwise kernels `model.depthwise_impl`
+  resolves to on this backend (each gives other bits: a bf16 run never reads an f32 run's grids)."""
+  compute = config.model.dtype
+  if config.model.encoder.startswith("efficientnet"):
+    compute += "|depthwise=" + layers.resolve_depthwise_impl(config.model.get("depthwise_impl", "auto"))
   return directory(config.data.feature_cache_dir, getattr(builder, "cache_id", builder.data_dir),
-                   config.model.encoder, pretrained.weights_path(config) or None, config.seed, size)
+                   config.model.encoder, pretrained.weights_path(config) or None, config.seed, size, compute)
 
 
 def pixels_directory(root: str, dataset_dir: str, size: int) -> str:

@@ -152,10 +152,11 @@ def main(argv) -> int:
   del argv
   from absl import logging
 
-  from jaxcap import logs
+  from jaxcap import allocator, logs
 
   logging.set_verbosity(logging.WARNING)
   logs.install()
+  allocator.for_backend()  # glibc malloc keeps freed step buffers for reuse (CPU only)
   if FLAGS.config is None:
     print("error: --config is required (a recipe config, e.g. configs/flickr8k_best.py)", file=sys.stderr)
     return 2

@@ -41,9 +41,10 @@ def main(argv) -> int:
   if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
     # Also starts JAX's preemption service, which the trainer uses to agree on a stop step.
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from jaxcap import logs, train_lib
+  from jaxcap import allocator, logs, train_lib
 
   logs.install()  # Orbax's errors reach the user as one line below
+  allocator.for_backend()  # glibc malloc keeps freed step buffers for reuse (CPU only)
   workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
   try:
     result = train_lib.train_and_evaluate(FLAGS.config, workdir)

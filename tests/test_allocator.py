@@ -1,6 +1,6 @@
-"""jaxcap keeps freed memory for reuse (`jaxcap/allocator.py`): a large buffer freed and allocated again, as a
-train step's temporaries are every step, is not faulted in from the kernel again. Measured in page faults, not
-time, so it holds on a busy machine."""
+"""jaxcap's commands keep freed memory for reuse on a CPU backend (`jaxcap/allocator.py`): a large buffer freed
+and allocated again, as a train step's temporaries are every step, is not faulted in from the kernel again.
+Importing jaxcap changes nothing process-wide. Measured in page faults, not time, so it holds on a busy machine."""
 import json
 import os
 import platform
@@ -13,7 +13,10 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 
 ROUNDS = """
 import json, resource
-import jaxcap, numpy as np
+import sys, jaxcap, numpy as np
+if sys.argv[1:] == ["apply"]:
+  from jaxcap import allocator
+  allocator.for_backend()
 faults = []
 for _ in range(4):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -23,19 +26,24 @@ print(json.dumps(faults))
 """
 
 
-def python(code: str, **env) -> str:
-  """stdout of `python -c code` in this environment without the user's malloc choices, plus `env`."""
+def python(code: str, *args: str, **env) -> str:
+  """stdout of `python -c code args` in this environment without the user's malloc choices, plus `env`."""
   clean = {k: v for k, v in os.environ.items() if k not in ("JAXCAP_MALLOC", "GLIBC_TUNABLES")}
-  return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+  return subprocess.run([sys.executable, "-c", code, *args], env={**clean, **env}, capture_output=True, text=True,
                         check=True).stdout.strip()
 
 
 def test_a_freed_64mb_buffer_is_reused_not_faulted_in_again():
-  kept = json.loads(python(ROUNDS))
-  system = json.loads(python(ROUNDS, JAXCAP_MALLOC="system"))
+  kept = json.loads(python(ROUNDS, "apply"))
+  system = json.loads(python(ROUNDS, "apply", JAXCAP_MALLOC="system"))
   # glibc's defaults hand the 64 MB back to the kernel at every free, so every round faults it in again.
   assert min(system[1:]) > 0, system
   assert sum(kept[1:]) * 10 < sum(system[1:]), (kept, system)
+
+
+def test_importing_jaxcap_leaves_malloc_alone():
+  imported = json.loads(python(ROUNDS))
+  assert min(imported[1:]) > 0, imported  # glibc's defaults: the freed 64 MB went back to the kernel
 
 
 def test_malloc_tunables_a_user_set_win():
@@ -43,3 +51,9 @@ def test_malloc_tunables_a_user_set_win():
   assert python(code) == "True"
   assert python(code, GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072") == "False"
   assert python(code, JAXCAP_MALLOC="system") == "False"
+
+
+def test_commands_apply_it_on_the_cpu_backend_only():
+  code = "from jaxcap import allocator; print(allocator.for_backend())"
+  assert python(code) == "True"
+  assert python(code, JAX_PLATFORMS="cpu") == "True"

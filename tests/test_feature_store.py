@@ -157,3 +157,24 @@ def test_two_writers_sharing_a_cache_encode_a_split_once_and_the_second_reads_th
   assert out["first"][0] == out["second"][0]
   np.testing.assert_array_equal(out["first"][1].load(), out["second"][1].load())
   assert sorted(os.listdir(directory)) == ["train.json", "train.npy"]  # no second copy, nothing temporary
+
+
+def test_cache_key_covers_what_changes_the_features(tmp_path):
+  """bf16 and f32 runs, or the two depthwise kernels, never share cached grids (each computes other bits)."""
+  import types
+
+  from configs import flickr8k_lite0
+  from jaxcap import feature_cache
+
+  builder = types.SimpleNamespace(data_dir=str(tmp_path))
+
+  def folder(**model):
+    c = flickr8k_lite0.get_config()
+    c.model.pretrained = ""
+    c.model.update(model)
+    return feature_cache.directory_for(c, builder, 224)
+
+  base = folder()
+  assert folder() == base
+  assert folder(dtype="bfloat16") != base
+  assert folder(depthwise_impl="conv") != folder(depthwise_impl="shifted")

@@ -15,13 +15,14 @@ def main(argv=None) -> int:
   p.add_argument("--k", type=int, default=15, help="neighbours per photo (15 was best on Flickr8k dev)")
   p.add_argument("--weight", type=float, default=4.0, help="consensus weight beside the beam score (4 on Flickr8k dev)")
   a = p.parse_args(argv)
-  from jaxcap import logs  # after the flags: --help and a bad flag answer without loading JAX and TensorFlow
+  from jaxcap import allocator, logs  # after the flags: --help and a bad flag answer without loading JAX and TensorFlow
   from jaxcap.checkpoint import CheckpointError
   from jaxcap.consensus.build import write
   from jaxcap.consensus.index import ConsensusError
   from jaxcap.data import DataError
 
   logs.install()
+  allocator.for_backend()  # glibc malloc keeps freed step buffers for reuse (CPU only)
   try:
     path = write(a.checkpoint, a.data_dir, a.k, a.weight)
   except (CheckpointError, DataError, ConsensusError) as e:
