@@ -159,3 +159,20 @@ def test_efficientnet_lite0_real_imagenet_weights_parity(tmp_path):
     _, _, logits = jax.jit(lambda x: enc.apply(variables, x))(img)
     assert np.abs(np.asarray(logits) - want).max() <= 1e-3
     np.testing.assert_array_equal(np.argsort(-np.asarray(logits))[:, :5], np.argsort(-want)[:, :5])
+
+
+def test_auto_depthwise_kernel_is_chosen_for_the_platform_the_program_is_lowered_for():
+  """'auto' is the shifted kernel in a CPU program and XLA's grouped convolution in a TPU or GPU one, even when a
+  CPU host lowers it (jaxcap.aot): the CPU kernel on a TPU multiplied the fine-tune step's HBM traffic."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxcap.models.layers import DepthwiseConv
+
+  layer = DepthwiseConv(3, 2)
+  x = jnp.ones((1, 8, 8, 4))
+  v = layer.init(jax.random.PRNGKey(0), x)
+  traced = jax.jit(lambda v, x: layer.apply(v, x)).trace(v, x)
+  hlo = {p: traced.lower(lowering_platforms=(p,)).as_text(dialect="hlo") for p in ("cpu", "tpu", "cuda")}
+  assert "feature_group_count=4" in hlo["tpu"] and "feature_group_count=4" in hlo["cuda"]
+  assert "convolution" not in hlo["cpu"]

@@ -1,4 +1,4 @@
-"""Layers the encoders share: TF-style 'SAME' padding and a depthwise convolution with a per-backend kernel."""
+"""Layers the encoders share: TF-style 'SAME' padding and a depthwise convolution with a per-platform kernel."""
 from __future__ import annotations
 
 import jax
@@ -43,6 +43,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding) -> jax
 
 
 def resolve_depthwise_impl(impl: str) -> str:
+  """The kernel `impl` means in this process ("auto": by JAX's default backend)."""
   if impl == "auto":
     return "shifted" if jax.default_backend() == "cpu" else "conv"
   if impl not in ("shifted", "conv"):
@@ -63,8 +64,11 @@ class DepthwiseConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size, self.kernel_size, 1, c))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     padding = tuple(same_padding(s, self.kernel_size, self.stride) for s in x.shape[1:3])
-    fn = depthwise_shifted if resolve_depthwise_impl(self.impl) == "shifted" else depthwise_conv
-    return fn(x, kernel, self.stride, padding)
+    shifted = lambda x, k: depthwise_shifted(x, k, self.stride, padding)  # noqa: E731
+    grouped = lambda x, k: depthwise_conv(x, k, self.stride, padding)  # noqa: E731
+    if self.impl == "auto":  # chosen when the program is lowered for its platform (jaxcap.aot lowers for TPU on a CPU)
+      return lax.platform_dependent(x, kernel, cpu=shifted, default=grouped)
+    return shifted(x, kernel) if resolve_depthwise_impl(self.impl) == "shifted" else grouped(x, kernel)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
