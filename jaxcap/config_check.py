@@ -229,10 +229,10 @@ def _raise(problems: list[str]) -> None:
     raise ConfigError(f"config {problems[0]}{more}")
 
 
-def check(config, device_count: int | None = None) -> None:
+def check(config, device_count: int | None = None, folders: bool = True) -> None:
   """Raises ConfigError for the first field outside its range or choices (fields a config lacks are left to
-  their users' defaults), then for a field the run would ignore, then for a dataset folder that is not there.
-  `device_count`: the global batch must split evenly over that many devices."""
+  their users' defaults), then for a field the run would ignore, then (`folders`) for a dataset folder that is
+  not there. `device_count`: the global batch must split evenly over that many devices."""
   problems = []
   for field, (ok, what) in rules().items():
     value = _get(config, field)
@@ -249,7 +249,7 @@ def check(config, device_count: int | None = None) -> None:
     if not problems and field in t and t[field] % k:
       problems.append(f"train.{field}={t[field]} is not allowed: must be a multiple of train.steps_per_dispatch={k}"
                       f" (intervals fall on dispatch ends)")
-  _raise(problems or ignored(config) or missing_folders(config))
+  _raise(problems or ignored(config) or (missing_folders(config) if folders else []))
 
 
 def check_data(config, train: tuple[list, dict], dev: tuple[list, dict]) -> None:

@@ -127,16 +127,35 @@ class DeviceCaptions:
 
     return rows
 
-  def _place(self, mesh) -> tuple:
-    spec = P() if self.shards == 1 else P("data")
-    sharding = NamedSharding(mesh, spec)
+  def _layout(self) -> list[tuple]:
+    """(host array, rows per shard, caption ids per shard or None) of each resident array: the images' rows,
+    the caption tokens and each caption's image row within its shard."""
     image_row = self.pairs.image_index % self.shard_images  # the row within its shard
-    arrays = []
+    out = []
     for array, size, ids in ((self.rows, self.shard_images, None),
                              (self.pairs.tokens, self.shard_captions, self.caption_ids),
                              (image_row.astype(np.int32), self.shard_captions, self.caption_ids)):
       if self.shards == 1:
         ids = None if ids is None else [np.arange(len(array))]
+      out.append((array, size, ids))
+    return out
+
+  def arg_shapes(self, mesh) -> dict:
+    """The abstract `dispatches` args (shapes, dtypes and shardings; no data): what `jaxcap.aot` compiles the
+    trainer's dispatch for."""
+    spec = P() if self.shards == 1 else P("data")
+    data = tuple(jax.ShapeDtypeStruct((size * self.shards,) + tuple(array.shape[1:]), array.dtype,
+                                      sharding=NamedSharding(mesh, spec)) for array, size, _ in self._layout())
+    rows = self.steps_per_epoch + self.k - 1
+    table = {"rows": jax.ShapeDtypeStruct((rows, self.batch_size), np.int32,
+                                          sharding=NamedSharding(mesh, P() if self.shards == 1 else P(None, "data"))),
+             "first": jax.ShapeDtypeStruct((), np.int32, sharding=NamedSharding(mesh, P()))}
+    return {"data": data, "table": table}
+
+  def _place(self, mesh) -> tuple:
+    sharding = NamedSharding(mesh, P() if self.shards == 1 else P("data"))
+    arrays = []
+    for array, size, ids in self._layout():
       shape = (size * self.shards,) + tuple(array.shape[1:])
       arrays.append(jax.make_array_from_callback(shape, sharding, self._shard_rows(array, size, ids)))
     return tuple(arrays)

@@ -117,12 +117,18 @@ class DecodedImages(FineTune):
   def draw(self, static, mesh):
     """The batch of step `step` (gathered on the devices, or sliced from the copied host batches), augmented
     there when `train.augment`."""
-    draw, seed = self.source.draw(static, mesh), self.config.seed
-    if not self.config.train.augment:
-      return draw
+    return augmented(self.config, self.source.draw(static, mesh))
 
-    def augmented(args, i, step):
-      batch = draw(args, i, step)
-      return {**batch, "image": augment.augment(batch["image"], augment.key(seed, step))}
 
-    return augmented
+def augmented(config, draw):
+  """`draw` with each batch's images cropped and jittered on the devices (`jaxcap.augment`, keyed by (seed,
+  step)) when `train.augment`; `draw` itself otherwise."""
+  if not config.train.augment:
+    return draw
+  seed = config.seed
+
+  def draw_augmented(args, i, step):
+    batch = draw(args, i, step)
+    return {**batch, "image": augment.augment(batch["image"], augment.key(seed, step))}
+
+  return draw_augmented
