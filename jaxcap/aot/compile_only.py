@@ -85,6 +85,7 @@ def devices(topology: str) -> list:
   os.environ["TPU_LIBRARY_PATH"] = path
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no cloud metadata server to ask, no TPU workers to find
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling touches no chip: no need to lock one
   _cpu_backend_only()
   from jax.experimental import topologies
   try:
