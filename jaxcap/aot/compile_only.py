@@ -117,7 +117,7 @@ def run(config, topologies: list[str], names: list[str], sizes, log=print, per_c
       compiled = program.lower().compile()
       row = {"topology": topology, "chips": len(devs), "program": program.name, "compile_s": time.time() - t0,
              "global_batch": program.units,
-             **report.analyse(compiled, chip, program.units, program.unit)}
+             **report.analyse(compiled, chip, program.units, program.unit, program.repeats)}
       log(f"{topology}: {program.name}: {row['memory_bytes'] / 2**30:.2f} GiB per chip, compiled in "
           f"{row['compile_s']:.0f} s")
       rows.append(row)

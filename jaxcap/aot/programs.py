@@ -44,6 +44,9 @@ class Program:
   kwargs: dict          # keyword arguments, abstract or static
   units: int            # captions or images per train step, or images decoded per call
   unit: str
+  # Decoding loops stop when every caption has ended, so XLA's cost analysis counts their body once: their
+  # figures are one token step's, and a call runs up to `repeats` of them (train.decode_max_len).
+  repeats: int = 1
 
   def lower(self):
     return self.fn.lower(*self.args, **self.kwargs)
@@ -136,8 +139,9 @@ class Build:
     """Validation's greedy decoding of one batch of train.eval_batch_size grids, each device decoding its rows
     (`evaluator.greedy_per_device`, what the trainer runs)."""
     n = _multiple(self.config.train.eval_batch_size, self.mesh.size)
-    fn = evaluator.greedy_per_device(self.model.decoder, self.config.train.decode_max_len, self.mesh)
-    return Program("validate (greedy)", fn, (self._decoder_params(), self._grids(n)), {}, n, "images")
+    max_len = self.config.train.decode_max_len
+    fn = evaluator.greedy_per_device(self.model.decoder, max_len, self.mesh)
+    return Program("validate (greedy)", fn, (self._decoder_params(), self._grids(n)), {}, n, "images", max_len)
 
   def beam(self) -> Program:
     """Beam search over `sizes.beam_images` grids (padded to a multiple of the devices) in one call."""
@@ -145,7 +149,8 @@ class Build:
     return Program(f"beam search (K={self.sizes.beam_size})", decode.beam_search, (),
                    {"decoder": self.model.decoder, "params": self._decoder_params(), "grid": self._grids(n),
                     "beam_size": self.sizes.beam_size,
-                    "max_len": self.config.train.decode_max_len}, self.sizes.beam_images, "images")
+                    "max_len": self.config.train.decode_max_len}, self.sizes.beam_images, "images",
+                   self.config.train.decode_max_len)
 
 
 def _multiple(n: int, of: int) -> int:

@@ -77,10 +77,12 @@ def host_transfers(hlo: str) -> list[str]:
   return [f"{what} x{n}" for what, n in sorted(found.items())]
 
 
-def analyse(compiled, chip: Chip, units: int, unit: str) -> dict:
-  """The per-chip figures of one compiled program, `units` of `unit` per call (per step for a train dispatch:
-  XLA's cost analysis counts a K-step dispatch's loop body once, so its figures are one step's). XLA:GPU gives
-  no cost analysis without a GPU: FLOPs, bytes and the roofline are then None."""
+def analyse(compiled, chip: Chip, units: int, unit: str, repeats: int = 1) -> dict:
+  """The per-chip figures of one compiled program, `units` of `unit` per call. XLA's cost analysis counts a loop
+  body once where it cannot know the trip count (a K-step dispatch's outer loop, a decoding loop that stops
+  when every caption has ended): the figures are then one step's, and the roofline bound assumes `repeats` such
+  steps per call (a decoding call's train.decode_max_len; 1 for a train step). XLA:GPU gives no cost analysis
+  without a GPU: FLOPs, bytes and the roofline are then None."""
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
@@ -89,7 +91,7 @@ def analyse(compiled, chip: Chip, units: int, unit: str) -> dict:
   hlo = compiled.as_text()
   row = {"memory_bytes": int(peak), "argument_bytes": int(mem.argument_size_in_bytes),
          "temp_bytes": int(mem.temp_size_in_bytes), "hbm_bytes": chip.hbm_bytes, "fits": peak <= chip.hbm_bytes,
-         "balance_flop_per_byte": chip.balance, "unit": unit,
+         "balance_flop_per_byte": chip.balance, "unit": unit, "steps_per_call": repeats,
          "collectives": collectives(hlo), "host_transfers": host_transfers(hlo)}
   if "flops" not in cost:  # XLA:GPU analyses costs only with a device at hand
     return {**row, "flops_per_step": None, "bytes_per_step": None, "flop_per_byte": None, "bound_by": None,
@@ -100,7 +102,7 @@ def analyse(compiled, chip: Chip, units: int, unit: str) -> dict:
   return {**row, "flops_per_step": flops, "bytes_per_step": nbytes,
           "flop_per_byte": flops / nbytes if nbytes else float("inf"),
           "bound_by": "compute" if t_math >= t_memory else "memory",
-          "roofline_per_s": units / bound_s if bound_s else float("inf")}
+          "roofline_per_s": units / (bound_s * repeats) if bound_s else float("inf")}
 
 
 def _si(x: float, unit: str = "") -> str:
