@@ -12,6 +12,7 @@ GLIBC_TUNABLES keeps them. On an accelerator the step's buffers live in device m
 defaults.
 """
 import ctypes
+import importlib.util
 import os
 import sys
 
@@ -34,6 +35,20 @@ def keep_freed_memory() -> bool:
 
 
 def for_backend() -> bool:
-  """`keep_freed_memory()` when JAX computes on the CPU; True when applied."""
+  """`keep_freed_memory()` when JAX computes on the CPU; True when applied. Decided before JAX starts its thread
+  pools where possible (JAX_PLATFORMS=cpu, or no accelerator plugin installed), so that every thread allocates
+  from the one heap; else JAX is asked for its backend."""
+  if _cpu_certain():
+    return keep_freed_memory()
   import jax
   return jax.default_backend() == "cpu" and keep_freed_memory()
+
+
+def _cpu_certain() -> bool:
+  """JAX will compute on the CPU: JAX_PLATFORMS says so, or no accelerator plugin is importable (libtpu, a CUDA
+  or ROCm plugin: JAX finds those through the `jax_plugins` namespace or their own package)."""
+  platforms = [p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+  if platforms:
+    return platforms == ["cpu"]
+  return not any(importlib.util.find_spec(name) for name in ("jax_plugins", "libtpu", "jax_cuda12_plugin",
+                                                               "jax_cuda13_plugin", "jax_rocm7_plugin"))
