@@ -26,7 +26,8 @@ def test_shape_bytes_and_collectives_read_hlo_text():
       "  %ag = (bf16[8]{0}, bf16[32]{0}) all-gather-start(bf16[8]{0} %x), dimensions={0}",
       "  %agd = bf16[32]{0} all-gather-done((bf16[8]{0}, bf16[32]{0}) %ag)",
       '  %cb = f32[4]{0} custom-call(f32[4]{0} %y), custom_call_target="xla_python_cpu_callback"',
-      "  %ar2 = (f32[256,512]{1,0:T(8,128)}, bf16[8]{0:T(512)(2,1)}) all-reduce-start(f32[256,512]{1,0} %a, bf16[8] %b)",
+      "  %ar2 = (f32[256,512]{1,0:T(8,128)}, bf16[8]{0:T(512)(2,1)}) all-reduce-start(f32[256,512]{1,0} %a, "
+      "bf16[8] %b)",
       "  %ar2d = (f32[256,512]{1,0:T(8,128)}, bf16[8]{0}) all-reduce-done((f32[256,512]{1,0}, bf16[8]{0}) %ar2)",
       "  ROOT %t = (f32[1024]{0}) tuple(f32[1024]{0} %all-reduce.3)"])
   assert report.collectives(hlo) == {

@@ -57,7 +57,8 @@ def test_advantage_is_the_reward_over_the_chosen_baseline(tiny_config, baseline)
   rng = jax.random.key(1)
   _, metrics, _ = objective(model, variables["params"], {}, {"grid": grid, "image_index": np.arange(4)}, rng)
   max_len, params = config.train.decode_max_len, variables["params"]["decoder"]
-  samples = length(np.asarray(decode.sample(model.decoder, params, grid, rng, 3, max_len)[0]), None)
+  sampling = jax.random.fold_in(rng, objectives.SAMPLING)  # the objective's sampling stream
+  samples = length(np.asarray(decode.sample(model.decoder, params, grid, sampling, 3, max_len)[0]), None)
   if baseline == "greedy":  # what the model says now: samples longer than it are pushed up, shorter down
     expected = samples - length(np.asarray(decode.greedy(model.decoder, params, grid, max_len)[0])[:, None], None)
   else:

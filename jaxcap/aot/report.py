@@ -114,8 +114,8 @@ def _si(x: float, unit: str = "") -> str:
 
 def markdown(rows: list[dict]) -> str:
   """One table: a row per (topology, program)."""
-  head = ("| topology | program | batch | per-chip memory / HBM | GFLOP / step | GB / step | FLOP/byte (balance) | bound | "
-          "roofline | collectives | host transfers | compile s |")
+  head = ("| topology | program | batch | per-chip memory / HBM | GFLOP / step | GB / step | FLOP/byte (balance) | "
+          "bound | roofline | collectives | host transfers | compile s |")
   lines = [head, "|" + " --- |" * (head.count("|") - 1)]
   for r in rows:
     coll = ", ".join(f"{k} x{v['ops']} {_si(v['bytes'], 'B')} ({_si(v.get('elements', 0))}values)"
