@@ -3,8 +3,8 @@
     python -m jaxcap.pretrained convert efficientnet_lite0      # once (needs requirements-torch.txt)
     python train.py --config configs/flickr8k_lite0.py --config.data.data_dir=/path/to/flickr8k
 
-Expect dev BLEU-4 0.1611 / 0.1487 / 0.1912 / 0.1945 at steps 500 / 1000 / 1500 / 1872 and test greedy BLEU-4
-0.2052 (official split; AMD EPYC Zen 4, AVX-512), in about 10-15 minutes on a 2-core CPU, the first run also
+Expect dev BLEU-4 0.1630 / 0.1595 / 0.1878 / 0.1943 at steps 500 / 1000 / 1500 / 1872 and test greedy BLEU-4
+0.2166 (official split; AMD EPYC Zen 4, AVX-512), in about 10-15 minutes on a 2-core CPU, the first run also
 extracting the features of all 8,091 images once (7x7x1280 float16, cached). The run is bit-for-bit on one
 processor model; another may differ in the last digits (docs/training.md, Determinism). The folder:
 --config.data.data_dir or $JAXCAP_FLICKR8K_DIR.
