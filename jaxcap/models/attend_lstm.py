@@ -88,10 +88,19 @@ def _fwd(w, carry, x_gates, feats, att_feats, dtype):
 
 
 def _rows_t_matmul(x, y, dtype):
-  """x [T, B, K], y [T, B, M] -> x^T y [K, M] over all T*B rows (as one 2-D matmul: faster on XLA:CPU than
-  the equivalent two-axis einsum)."""
-  x, y = x.reshape(-1, x.shape[-1]).astype(dtype), y.reshape(-1, y.shape[-1]).astype(dtype)
-  return jnp.matmul(x.T, y, preferred_element_type=f32)
+  """x [T, B, K], y [T, B, M] -> x^T y [K, M] over all T*B rows. On CPU and TPU one 2-D matmul of the rows
+  (faster on XLA:CPU than the two-axis einsum). On GPUs the einsum over (T, B): with the batch sharded, XLA:GPU's
+  partitioner all-gathers the merged [T*B] rows of every device (289 MB a step at batch 1,024 on 8 H100s,
+  python -m jaxcap.aot), where the einsum leaves each device its partial sum for the gradient all-reduce."""
+  x, y = x.astype(dtype), y.astype(dtype)
+
+  def rows(x, y):
+    return jnp.matmul(x.reshape(-1, x.shape[-1]).T, y.reshape(-1, y.shape[-1]), preferred_element_type=f32)
+
+  def einsum(x, y):
+    return jnp.einsum("tbk,tbm->km", x, y, preferred_element_type=f32)
+
+  return jax.lax.platform_dependent(x, y, cpu=rows, tpu=rows, default=einsum)
 
 
 def _bwd(dtype, saved, cts):
