@@ -137,7 +137,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.transfer_guard = "allow"
   # Sort captions by length inside chunks so short ones do not pay for padding (cached regime).
   c.train.length_bucketing = True
-  # Finetune regime: encoder learning rate (>= 0) and the step from which the encoder trains (>= 0).
+  # Finetune regime: encoder learning rate (>= 0) and the step from which the encoder trains (>= 0); its AdamW
+  # starts there (step count, moments and warmup), as a fresh optimizer would.
   c.train.encoder_learning_rate = 1e-4
   c.train.finetune_from_step = 0
   # Finetune regime: random crop + brightness/contrast augmentation (no horizontal flip: it would swap "left" and

@@ -78,8 +78,8 @@ def _decay_mask(params):
 
 
 def make_optimizer(config, total_steps: int, train_encoder: bool) -> optax.GradientTransformation:
-  """Clipping, then AdamW (warmup + cosine) for the decoder; for the encoder its own AdamW from
-  `train.finetune_from_step` when `train_encoder`, else zero updates."""
+  """Clipping, then AdamW (warmup + cosine) for the decoder; for the encoder its own AdamW (its own learning
+  rate and schedule) starting at `train.finetune_from_step` when `train_encoder`, else zero updates."""
   t = config.train
   schedule_steps = max(total_steps, t.decay_steps)  # a longer schedule: the run stops partway down its curve
   warmup = min(t.warmup_steps, max(schedule_steps - 1, 1))
@@ -91,9 +91,13 @@ def make_optimizer(config, total_steps: int, train_encoder: bool) -> optax.Gradi
   encoder = optax.set_to_zero()
   if train_encoder:
     start = t.finetune_from_step
-    sched = optax.join_schedules([optax.constant_schedule(0.0),
-                                  cosine(t.encoder_learning_rate, max(schedule_steps - start, 1))], [start])
-    encoder = optax.adamw(sched, weight_decay=t.weight_decay, mask=_decay_mask)
+    encoder = optax.adamw(cosine(t.encoder_learning_rate, max(schedule_steps - start, 1)),
+                          weight_decay=t.weight_decay, mask=_decay_mask)
+    if start > 0:
+      # Zero updates before the switch, and AdamW's state untouched until then: its step count and moments begin
+      # at the switch, so bias correction scales its first updates as at a fresh start (counted through the
+      # frozen phase, the first updates were ~3x too large for hundreds of steps).
+      encoder = optax.transforms.conditionally_mask(encoder, lambda step: step >= start)
   labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}  # noqa: E731
   return optax.chain(optax.clip_by_global_norm(t.grad_clip),
                      optax.multi_transform({"encoder": encoder, "decoder": decoder}, labels))

@@ -192,3 +192,30 @@ def test_validation_on_four_devices_gives_the_one_device_captions_and_copies_the
     copies, leaves = runs[n]["copies"], runs[n]["leaves"]
     assert sum("float32" in c for c in copies) == leaves * n, copies
     assert sum("float16" in c for c in copies) == batches * n and len(copies) == (leaves + batches) * n, copies
+
+
+def test_encoder_first_update_after_the_switch_equals_a_fresh_start():
+  """With train.finetune_from_step > 0 the encoder's AdamW begins at the switch: its first update equals the first
+  update of a run that trains the encoder from step 0 (its step count used to run through the frozen phase, so
+  bias correction no longer scaled the first updates: ~3x too large)."""
+  import jax
+
+  from configs import default
+
+  def first_update(start):
+    c = default.get_config()
+    c.train.update({"finetune_from_step": start, "warmup_steps": 0, "encoder_learning_rate": 1e-3,
+                    "grad_clip": 1e9})
+    tx = train_state.make_optimizer(c, total_steps=100, train_encoder=True)
+    params = {"encoder": {"w": np.ones((3, 4), np.float32)}, "decoder": {"w": np.ones((4,), np.float32)}}
+    state = tx.init(params)
+    zero = jax.tree.map(np.zeros_like, params)
+    for _ in range(start):  # the frozen phase: the encoder gets no gradient
+      _, state = tx.update(zero, state, params)
+    grad = {"encoder": {"w": np.full((3, 4), 0.5, np.float32)}, "decoder": {"w": np.zeros((4,), np.float32)}}
+    updates, _ = tx.update(grad, state, params)
+    return np.asarray(updates["encoder"]["w"])
+
+  fresh = first_update(0)
+  assert np.abs(fresh).max() > 0
+  np.testing.assert_allclose(first_update(20), fresh, rtol=1e-6)
