@@ -56,9 +56,10 @@ def cross_entropy(config, forward: Forward) -> Objective:
   return objective
 
 
-def data_mesh() -> Mesh:
-  """Every device of every process on one `data` axis: the mesh the trainer shards its batches over."""
-  return Mesh(np.asarray(jax.devices()), ("data",))
+def data_mesh(devices=None) -> Mesh:
+  """`devices` (default: every device of every process) on one `data` axis: the mesh the trainer shards its
+  batches over, and the one `jaxcap.aot` compiles for."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
 
 
 def self_critical(config, reward: Callable[[np.ndarray, np.ndarray], np.ndarray],

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxcap import checkpoint, config_check, evaluator, feeds, fileio, metrics, train_state
+from jaxcap import checkpoint, config_check, evaluator, feeds, fileio, metrics, objectives, train_state
 from jaxcap.data import dataset, tfds_builder
 from jaxcap.data import vocab as vocab_lib
 from jaxcap.feeds.host import chunks
@@ -120,7 +120,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log) ->
   builder, vocab, train, dev = load_data(config, workdir, is_main)
   model, variables = train_state.init_model(config, len(vocab), vocab.tokens)
   # One data axis over every device of every process; parameters replicated, batches sharded (by the feed).
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  mesh = objectives.data_mesh()
   replicated = NamedSharding(mesh, P())
   feed = feeds.make_feed(config, builder, model, variables, vocab, train, dev, log, is_main)
   total_steps = t.num_steps or t.num_epochs * feed.steps_per_epoch

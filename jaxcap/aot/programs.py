@@ -15,9 +15,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxcap import decode, device_feed, evaluator, feeds, train_state
+from jaxcap import decode, device_feed, evaluator, feeds, objectives, train_state
 from jaxcap.data import batching
 from jaxcap.feeds.host import HostBatches
 from jaxcap.feeds.images import augmented
@@ -65,7 +65,7 @@ class Build:
       config = copy.deepcopy(config)
       config.train.device_memory_gb = hbm_bytes / 2 / 2**30
     self.config, self.sizes, self.log = config, sizes, log
-    self.mesh = Mesh(np.asarray(devices), ("data",))
+    self.mesh = objectives.data_mesh(devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.model: CaptionModel = make_model(config.model, sizes.vocab)
     self.feed_class = feeds.feed_class(config)
