@@ -94,7 +94,12 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-  """Returns (grid [B, H/32, W/32, 1280], pooled [B, 1280]) and, with num_classes > 0, logits too."""
+  """Returns (grid [B, H/32, W/32, 1280], pooled [B, 1280]) and, with num_classes > 0, logits too.
+
+  Its layers, in order: the stem, one per MBConv block, the head. `span=(a, b)` runs layers a..b-1 only and
+  returns their output (a = 0 takes images, else the output of layer a - 1): a trunk cached once and the top
+  trained on it (`jaxcap.feeds.top`). `stage_starts`: the first layer of each of the 7 stages (the head belongs
+  to the last)."""
   variant: str = "efficientnet_lite0"
   num_classes: int = 0
   depthwise_impl: str = "auto"
@@ -104,13 +109,36 @@ class EfficientNetLite(nn.Module):
   def preprocessing(self) -> Preprocessing:
     return preprocessing(self.variant)
 
+  @property
+  def num_layers(self) -> int:
+    return len(block_specs(self.variant)) + 2
+
+  @property
+  def stage_starts(self) -> tuple[int, ...]:
+    specs, starts = block_specs(self.variant), []
+    for i, spec in enumerate(specs):  # a stage starts where the width changes or a stride-2 block begins one
+      if i == 0 or spec["cin"] != spec["cout"] or spec["stride"] != 1:
+        starts.append(1 + i)
+    return tuple(starts)
+
   @nn.compact
-  def __call__(self, images, train: bool = False):
-    x = self.preprocessing.normalize(images).astype(self.dtype)
-    x = _ConvBN(32, kernel=3, stride=2, dtype=self.dtype, name="stem")(x, train)
-    for i, spec in enumerate(block_specs(self.variant)):
-      x = MBConv(**spec, depthwise_impl=self.depthwise_impl, dtype=self.dtype, name=f"block{i}")(x, train)
-    grid = _ConvBN(1280, dtype=self.dtype, name="head")(x, train)
+  def __call__(self, x, train: bool = False, span: tuple[int, int] | None = None):
+    specs = block_specs(self.variant)
+    first, stop = span or (0, self.num_layers)
+    if first > 0:
+      x = x.astype(self.dtype)
+    for i in range(first, stop):
+      if i == 0:
+        x = self.preprocessing.normalize(x).astype(self.dtype)
+        x = _ConvBN(32, kernel=3, stride=2, dtype=self.dtype, name="stem")(x, train)
+      elif i <= len(specs):
+        x = MBConv(**specs[i - 1], depthwise_impl=self.depthwise_impl, dtype=self.dtype, name=f"block{i - 1}")(
+            x, train)
+      else:
+        x = _ConvBN(1280, dtype=self.dtype, name="head")(x, train)
+    if span is not None:
+      return x
+    grid = x
     pooled = global_avg_pool(grid)
     if self.num_classes:
       return grid, pooled, nn.Dense(self.num_classes, name="classifier")(pooled)

@@ -1,7 +1,9 @@
 """Encoder registry: a name -> the Flax module, its preprocessing and its feature width.
 
 Every encoder maps uint8 RGB images [B, H, W, 3] to (grid [B, h, w, C], pooled [B, C]) and owns its
-`preprocessing`, so callers only ever resize to `preprocessing.size`.
+`preprocessing`, so callers only ever resize to `preprocessing.size`. Each is a sequence of `num_layers`
+layers grouped in stages (`stage_starts`); `encoder(x, span=(a, b))` runs layers a..b-1 only, so a trunk can be
+cached and the top trained on it (`top_start` is the cut a config's `train.top_stages` names).
 """
 from __future__ import annotations
 
@@ -27,15 +29,27 @@ class SmallCNN(nn.Module):
   def preprocessing(self) -> Preprocessing:
     return Preprocessing(self.image_size, (127.5,) * 3, (127.5,) * 3)
 
+  @property
+  def num_layers(self) -> int:
+    return len(self.features)
+
+  @property
+  def stage_starts(self) -> tuple[int, ...]:
+    return tuple(range(len(self.features)))  # each conv is a stage
+
   @nn.compact
-  def __call__(self, images, train: bool = False):
-    x = self.preprocessing.normalize(images).astype(self.dtype)
-    for i, f in enumerate(self.features):
+  def __call__(self, x, train: bool = False, span: tuple[int, int] | None = None):
+    first, stop = span or (0, self.num_layers)
+    x = x if first == 0 else x.astype(self.dtype)
+    for i in range(first, stop):
+      f = self.features[i]
+      if i == 0:
+        x = self.preprocessing.normalize(x).astype(self.dtype)
       stride = 2 if i < 3 else 1
       x = nn.Conv(f, (3, 3), (stride, stride), dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{i}")(x)
       x = nn.relu(x)
-    return x, global_avg_pool(x)
+    return x if span is not None else (x, global_avg_pool(x))
 
 
 RESNETS = {f"resnet{d}": (d, "torchvision") for d in resnet.STAGE_SIZES}
@@ -54,6 +68,16 @@ def make_encoder(name: str, dtype: Any = jnp.float32, depthwise_impl: str = "aut
     depth, style = RESNETS[name]
     return resnet.ResNet(depth, style, num_classes=num_classes, dtype=dtype)
   raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def top_start(encoder: nn.Module, top_stages: int) -> int:
+  """The first layer of the encoder's last `top_stages` stages: layers from there on train, the ones below form
+  the trunk (`encoder(x, span=...)`); a one-line error naming `train.top_stages` when out of range."""
+  starts = encoder.stage_starts
+  if not 1 <= top_stages <= len(starts):
+    raise ValueError(f"train.top_stages must be in 1..{len(starts)} for this encoder "
+                     f"({len(starts)} stages), got {top_stages}")
+  return starts[-top_stages]
 
 
 def output_shapes(encoder: nn.Module, batch: int = 1):

@@ -24,7 +24,11 @@ def preprocessing(style: str = "torchvision", size: int = 224) -> Preprocessing:
 
 
 class ResNet(nn.Module):
-  """Returns (grid [B, H/32, W/32, C], pooled [B, C]) and, with num_classes > 0, logits too."""
+  """Returns (grid [B, H/32, W/32, C], pooled [B, C]) and, with num_classes > 0, logits too.
+
+  Its layers, in order: the stem (conv1, bn1, max pool), then one per residual block. `span=(a, b)` runs layers
+  a..b-1 only and returns their output (a = 0 takes images): a trunk cached once and the top trained on it
+  (`jaxcap.feeds.top`). `stage_starts`: the first layer of each of the 4 stages."""
   depth: int = 50
   style: str = "torchvision"
   num_classes: int = 0
@@ -34,8 +38,17 @@ class ResNet(nn.Module):
   def preprocessing(self) -> Preprocessing:
     return preprocessing(self.style)
 
+  @property
+  def num_layers(self) -> int:
+    return 1 + sum(STAGE_SIZES[self.depth])
+
+  @property
+  def stage_starts(self) -> tuple[int, ...]:
+    sizes = STAGE_SIZES[self.depth]
+    return tuple(1 + sum(sizes[:s]) for s in range(len(sizes)))
+
   @nn.compact
-  def __call__(self, images, train: bool = False):
+  def __call__(self, x, train: bool = False, span: tuple[int, int] | None = None):
     if self.depth not in STAGE_SIZES or self.style not in STYLES:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)} and style one of {STYLES}")
     keras = self.style == "keras"
@@ -45,15 +58,23 @@ class ResNet(nn.Module):
         use_running_average=not train, momentum=0.9, epsilon=1.001e-5 if keras else 1e-5, dtype=self.dtype,
         scale_init=nn.initializers.zeros if zero else nn.initializers.ones, name=name)
 
-    x = self.preprocessing.normalize(images).astype(self.dtype)
-    x = nn.relu(bn("bn1")(conv(64, 7, 2, 3, "conv1")(x)))
-    # Zero padding equals -inf padding here: inputs are post-ReLU, >= 0 (and it is what Keras does).
-    x = nn.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))
+    first, stop = span or (0, self.num_layers)
+    if first == 0 < stop:
+      x = self.preprocessing.normalize(x).astype(self.dtype)
+      x = nn.relu(bn("bn1")(conv(64, 7, 2, 3, "conv1")(x)))
+      # Zero padding equals -inf padding here: inputs are post-ReLU, >= 0 (and it is what Keras does).
+      x = nn.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))
+    else:
+      x = x.astype(self.dtype)
     bottleneck = self.depth >= 50
+    layer = 0  # the stem is layer 0
     for stage, blocks in enumerate(STAGE_SIZES[self.depth]):
       width = 64 * 2 ** stage
       out = width * 4 if bottleneck else width
       for b in range(blocks):
+        layer += 1
+        if not first <= layer < stop:
+          continue
         stride = 2 if stage > 0 and b == 0 else 1
         name = f"layer{stage + 1}_{b}"
         residual = x
@@ -68,6 +89,8 @@ class ResNet(nn.Module):
         if stride != 1 or x.shape[-1] != out:
           residual = bn(f"{name}_downsample_bn")(conv(out, 1, stride, 0, f"{name}_downsample_conv")(x))
         x = nn.relu(y + residual)
+    if span is not None:
+      return x
     grid = x
     pooled = global_avg_pool(grid)
     if self.num_classes:
