@@ -76,7 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   # "cached": frozen encoder, features encoded once and cached; "finetune": end to end from images;
-  # "self_critical": CIDEr-D-rewarded sampling on the cached features (start it from a cross-entropy run).
+  # "self_critical": CIDEr-D-rewarded sampling on the cached features (start it from a cross-entropy run);
+  # "top": the encoder's last train.top_stages stages train with the decoder, on the output of the layers below
+  # them (the trunk), encoded once and cached (start it from a cross-entropy run; jaxcap/feeds/top.py).
   c.train.regime = "cached"
   # Start from this workdir's (or checkpoint directory's) weights instead of fresh ones ("" = fresh).
   c.train.init_from = ""
@@ -137,7 +139,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.transfer_guard = "allow"
   # Sort captions by length inside chunks so short ones do not pay for padding (cached regime).
   c.train.length_bucketing = True
-  # Finetune regime: encoder learning rate (>= 0) and the step from which the encoder trains (>= 0); its AdamW
+  # Cached and top regimes: 0 = batches of captions (length-bucketed); k > 0 = image-major batches, batch_size / k
+  # images a step with k of each one's captions (the top regime then runs the encoder's top once per image).
+  # batch_size must split into whole images on every device.
+  c.train.captions_per_image = 0
+  # Top regime: the encoder's last stages that train (EfficientNet-Lite: 1..7, the head with the last; ResNets:
+  # 1..4); everything below is frozen and its output cached.
+  c.train.top_stages = 2
+  # Finetune and top regimes: encoder learning rate (>= 0). Finetune: the step from which the encoder trains (>= 0); its AdamW
   # starts there (step count, moments and warmup), as a fresh optimizer would.
   c.train.encoder_learning_rate = 1e-4
   c.train.finetune_from_step = 0

@@ -18,7 +18,7 @@ import os
 from typing import Callable
 
 # The values of train.regime (the feeds, `jaxcap.feeds.FEEDS`, have one class for each).
-REGIMES = ("cached", "finetune", "self_critical")
+REGIMES = ("cached", "finetune", "self_critical", "top")
 # The environment variables the shipped configs read data.data_dir from: configs/default.py (and every Flickr8k
 # config after it) and configs/flickr30k_lite0.py.
 FLICKR8K_DIR_VARIABLE = "JAXCAP_FLICKR8K_DIR"
@@ -106,6 +106,8 @@ def rules() -> dict[str, tuple[Callable, str]]:
       "train.label_smoothing": number(0, 1, hi_open=True),
       "train.attention_penalty": number(0),
       "train.length_bucketing": BOOL,
+      "train.captions_per_image": integer(0),
+      "train.top_stages": integer(1),
       "train.encoder_learning_rate": number(0),
       "train.finetune_from_step": integer(0),
       "train.augment": BOOL,
@@ -185,6 +187,12 @@ def ignored(config) -> list[str]:
       ("train.image_feed", "auto", regime != "finetune", not_finetune),
       ("train.length_bucketing", True, regime == "finetune", "the finetune regime's feeds do not bucket captions "
        "by length (the cached regime does)"),
+      ("train.captions_per_image", 0, regime not in ("cached", "top"), "only the cached and top regimes batch "
+       f"captions by image (this run: {regime!r})"),
+      ("train.length_bucketing", True, t.get("captions_per_image", 0) > 0, "image-major batches "
+       "(train.captions_per_image > 0) hold each image's captions together, whatever their lengths"),
+      ("train.top_stages", 2, regime != "top", f"only train.regime=top trains the encoder's top stages (this run: "
+       f"{regime!r})"),
       ("train.scst_samples", 5, regime != "self_critical", not_scst),
       ("train.scst_temperature", 1.0, regime != "self_critical", not_scst),
       ("train.scst_baseline", "others", regime != "self_critical", not_scst),
@@ -244,6 +252,11 @@ def check(config, device_count: int | None = None, folders: bool = True) -> None
   if not problems and device_count and t.batch_size % device_count:
     problems.append(f"train.batch_size={t.batch_size} is not allowed: must be divisible by the {device_count} "
                     f"devices")
+  per_image = t.get("captions_per_image", 0)
+  if not problems and per_image and t.batch_size % (per_image * (device_count or 1)):
+    problems.append(f"train.batch_size={t.batch_size} is not allowed: train.captions_per_image={per_image} needs "
+                    f"whole images on each of the {device_count or 1} device(s), a multiple of "
+                    f"{per_image * (device_count or 1)}")
   k = t.get("steps_per_dispatch", 1)
   for field in ("log_every", "eval_every", "checkpoint_every"):
     if not problems and field in t and t[field] % k:

@@ -65,12 +65,14 @@ def placement(config, row_bytes: int, pairs: batching.CaptionPairs, devices, log
 
 class DeviceCaptions:
   """The device-resident train data and its batches (see the module docstring): `rows` [N, ...] holds a row per
-  train image, drawn into the batch as `key` ("grid": cached features, "image": pixels)."""
+  train image, drawn into the batch as `key` ("grid": cached features, "image": pixels, "trunk": the encoder's
+  trunk); `per_image` > 0: image-major batches (`batching.ImageMajorSchedule`)."""
 
   def __init__(self, rows, pairs: batching.CaptionPairs, batch_size: int, seed: int, bucket: bool, max_len: int,
-               shards: int, n_devices: int, steps_per_dispatch: int, key: str = "grid"):
-    if batch_size % n_devices:
-      raise ValueError(f"batch {batch_size} does not split over {n_devices} devices")
+               shards: int, n_devices: int, steps_per_dispatch: int, key: str = "grid", per_image: int = 0):
+    if batch_size % n_devices or (per_image and batch_size // n_devices % per_image):
+      raise ValueError(f"batch {batch_size} does not split over {n_devices} devices"
+                       + (f" in whole images of {per_image} captions" if per_image else ""))
     self.rows, self.max_len, self.k, self.batch_size = rows, max_len, steps_per_dispatch, batch_size
     self.key = key
     self.shards, self.per_device = shards, batch_size // n_devices
@@ -81,9 +83,9 @@ class DeviceCaptions:
     self.caption_ids = [np.flatnonzero(owner == s) for s in range(shards)]
     per_shard = batch_size // shards
     if shards == 1:
-      self.schedules = [batching.Schedule(pairs.lengths, batch_size, seed, bucket=bucket)]
+      self.schedules = [batching.make_schedule(pairs, batch_size, seed, bucket, per_image)]
     else:
-      self.schedules = [batching.Schedule(pairs.lengths[ids], per_shard, (seed, s), bucket=bucket)
+      self.schedules = [batching.make_schedule(pairs, per_shard, (seed, s), bucket, per_image, rows=ids)
                         for s, ids in enumerate(self.caption_ids)]
     self.steps_per_epoch = min(s.steps_per_epoch for s in self.schedules)
     self.pairs, self.lengths = pairs, pairs.lengths

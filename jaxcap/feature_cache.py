@@ -8,7 +8,8 @@ order), a standard .npy (`np.load(path, mmap_mode="r")` maps it). Files are writ
 process) and renamed when complete, so a crash never leaves a half cache that looks whole; a file whose size
 does not match its header (damaged afterwards) is a one-line `DataError` naming it. The cache directory name
 hashes everything the features depend on (dataset, encoder, weights file, pixels, size); `directory` and
-`pixels_directory` are the one place that key is made.
+`pixels_directory` are the one place that key is made. The same store holds an encoder's trunk (the output of its
+layers below a cut, `extract(stop=...)`), for the feed that trains only the top (`feeds.top`).
 
 Reading: `load` gives a `FeatureRows`, which reads the rows it is indexed with (`os.pread`, no mmap) and nothing
 else: host memory holds what was asked for, whatever the file's size (COCO train: 113,287 grids, 14 GB).
@@ -39,28 +40,37 @@ from jaxcap.models import layers
 
 
 def directory(root: str, dataset_dir: str, encoder_name: str, weights_file: str | None, seed: int,
-              size: int, compute: str = "float32") -> str:
+              size: int, compute: str = "float32", part: str = "") -> str:
   """The cache folder for features of `dataset_dir` by this encoder with these weights (random init: the seed)
   at input `size`, computed as `compute` says (the dtype and kernels that change the features' bits), under
-  `root` ("" = <cache root>/features)."""
+  `root` ("" = <cache root>/features); `part` names what is cached when it is not the grid (a trunk)."""
   root = root or os.path.join(paths.cache_root(), "features")
   weights_id = (os.path.basename(weights_file) + str(os.path.getmtime(weights_file)) if weights_file
                 else f"random-seed{seed}")
   weights_id += f"|pixels{pipeline.PIXELS_VERSION}"
-  key = f"{os.path.abspath(dataset_dir)}|{encoder_name}|{weights_id}|{size}|{compute}"
-  return os.path.join(root, f"{encoder_name}-{size}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
+  key = f"{os.path.abspath(dataset_dir)}|{encoder_name}|{weights_id}|{size}|{compute}" + (f"|{part}" if part else "")
+  name = f"{encoder_name}-{size}" + (f"-{part.split('|')[0]}" if part else "")
+  return os.path.join(root, f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
 
 
-def directory_for(config, builder, size: int) -> str:
+def directory_for(config, builder, size: int, trunk: tuple[int, dict] | None = None) -> str:
   """Where a config's frozen-encoder grids are cached: keyed by the prepared dataset (an adapter's cache_id),
   the encoder, its weights file (`model.pretrained`; "default": the encoder's converted weights), input size,
   and how it computes: `model.dtype`, and for EfficientNets the depthwise kernels `model.depthwise_impl`
-  resolves to on this backend (each gives other bits: a bf16 run never reads an f32 run's grids)."""
+  resolves to on this backend (each gives other bits: a bf16 run never reads an f32 run's grids).
+  `trunk=(stop, variables)`: where the output of the encoder's layers below `stop` is cached instead, keyed
+  also by a digest of those layers' `variables` (a trunk from `train.init_from`'s weights is not the file's)."""
   compute = config.model.dtype
   if config.model.encoder.startswith("efficientnet"):
     compute += "|depthwise=" + layers.resolve_depthwise_impl(config.model.get("depthwise_impl", "auto"))
+  part = ""
+  if trunk is not None:
+    digest = hashlib.sha1()
+    for leaf in jax.tree.leaves(trunk[1]):
+      digest.update(np.ascontiguousarray(leaf).tobytes())
+    part = f"trunk{trunk[0]}|{digest.hexdigest()}"
   return directory(config.data.feature_cache_dir, getattr(builder, "cache_id", builder.data_dir),
-                   config.model.encoder, pretrained.weights_path(config) or None, config.seed, size, compute)
+                   config.model.encoder, pretrained.weights_path(config) or None, config.seed, size, compute, part)
 
 
 def pixels_directory(root: str, dataset_dir: str, size: int) -> str:
@@ -253,11 +263,15 @@ def encode_split(encode: Callable, builder, split: str, preprocessing, batch_siz
 
 
 def extract(builder, split: str, encoder, variables, directory: str, batch_size: int = 32,
-            verbose: bool = True) -> tuple[list[str], FeatureRows]:
-  """Encodes every image of `split` (cached after the first call); the grids stay on disk."""
-  encode = jax.jit(lambda v, x: encoder.apply(v, x)[0].astype(jnp.float16))
+            verbose: bool = True, stop: int = 0) -> tuple[list[str], FeatureRows]:
+  """Encodes every image of `split` (cached after the first call); the grids stay on disk. `stop` > 0: the
+  output of the encoder's layers below `stop` (its trunk) instead of the grid."""
+  if stop:
+    encode = jax.jit(lambda v, x: encoder.apply(v, x, span=(0, stop)).astype(jnp.float16))
+  else:
+    encode = jax.jit(lambda v, x: encoder.apply(v, x)[0].astype(jnp.float16))
   return _cached(builder, split, lambda x: encode(variables, x), encoder.preprocessing, directory, batch_size,
-                 np.float16, "features", verbose)
+                 np.float16, "trunk" if stop else "features", verbose)
 
 
 def decode(builder, split: str, preprocessing, directory: str, batch_size: int = 64,
@@ -317,6 +331,6 @@ def _write(builder, split: str, encode: Callable, preprocessing, directory: str,
         json.dump(names, f)
   except OSError as e:
     cause, fix = paths.io_cause(e) or (e.strerror or str(e), "fix it")
-    raise DataError(f"{directory}: cannot write the {'feature' if what == 'features' else 'pixel'} cache "
+    raise DataError(f"{directory}: cannot write the {dict(features='feature', pixels='pixel').get(what, what)} cache "
                     f"({cause}); {fix} and rerun (nothing half-written is kept)") from None
   return load(directory, split)

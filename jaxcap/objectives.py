@@ -1,6 +1,7 @@
 """What a train step minimizes: an `Objective` is objective(model, params, batch_stats, batch, rng) -> (loss,
 metrics {name: scalar}, batch_stats). `cross_entropy` on a `Forward` (the decoder on cached grids,
-`decoder_forward`, or the whole model on images, `image_forward`), or `self_critical`, the policy gradient of
+`decoder_forward`, the whole model on images, `image_forward`, or the encoder's top on cached trunks,
+`top_forward`), or `self_critical`, the policy gradient of
 sampled captions rewarded by CIDEr-D (`CiderReward`). A feed names the objectives it trains with;
 `train_state.make_train_step` differentiates one.
 """
@@ -128,6 +129,21 @@ def image_forward(train_encoder: bool) -> Forward:
     (logits, alphas), upd = model.apply(variables, batch["image"], inputs, train=True, train_encoder=True,
                                         rngs={"dropout": rng}, mutable=["batch_stats"])
     return logits, alphas, upd["batch_stats"]
+  return forward
+
+
+def top_forward(start: int, per_image: int) -> Forward:
+  """The decoder on grids that the encoder's layers from `start` on compute from cached trunks (batch["trunk"]),
+  BatchNorm in inference mode. Image-major batches (`per_image` captions of one image side by side,
+  `batching.ImageMajorSchedule`) run the top once per image and share its grid among the image's captions."""
+  def forward(model: CaptionModel, params, batch_stats, batch, inputs, rng):
+    trunk = batch["trunk"]
+    trunk = trunk.reshape((-1, per_image) + trunk.shape[1:])[:, 0]
+    grid = model.apply({"params": params, "batch_stats": batch_stats}, trunk, start, method=CaptionModel.encode_top)
+    grid = jnp.repeat(grid, per_image, axis=0)
+    logits, alphas = model.decoder.apply({"params": params["decoder"]}, grid, inputs, train=True,
+                                         rngs={"dropout": rng})
+    return logits, alphas, batch_stats
   return forward
 
 

@@ -77,9 +77,10 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config, total_steps: int, train_encoder: bool) -> optax.GradientTransformation:
+def make_optimizer(config, total_steps: int, trainable: Sequence[str] = ("decoder",)) -> optax.GradientTransformation:
   """Clipping, then AdamW (warmup + cosine) for the decoder; for the encoder its own AdamW (its own learning
-  rate and schedule) starting at `train.finetune_from_step` when `train_encoder`, else zero updates."""
+  rate and schedule) starting at `train.finetune_from_step` when it is `trainable` ("encoder", or some of its
+  modules as "encoder/<name>": the others get zero updates and no state), else zero updates."""
   t = config.train
   schedule_steps = max(total_steps, t.decay_steps)  # a longer schedule: the run stops partway down its curve
   warmup = min(t.warmup_steps, max(schedule_steps - 1, 1))
@@ -88,8 +89,9 @@ def make_optimizer(config, total_steps: int, train_encoder: bool) -> optax.Gradi
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), peak * t.final_lr_fraction)
 
   decoder = optax.adamw(cosine(t.learning_rate, schedule_steps), weight_decay=t.weight_decay, mask=_decay_mask)
+  encoder_modules = {g.partition("/")[2] for g in trainable if g.startswith("encoder/")}
   encoder = optax.set_to_zero()
-  if train_encoder:
+  if "encoder" in trainable or encoder_modules:
     start = t.finetune_from_step
     encoder = optax.adamw(cosine(t.encoder_learning_rate, max(schedule_steps - start, 1)),
                           weight_decay=t.weight_decay, mask=_decay_mask)
@@ -98,9 +100,23 @@ def make_optimizer(config, total_steps: int, train_encoder: bool) -> optax.Gradi
       # at the switch, so bias correction scales its first updates as at a fresh start (counted through the
       # frozen phase, the first updates were ~3x too large for hundreds of steps).
       encoder = optax.transforms.conditionally_mask(encoder, lambda step: step >= start)
-  labels = lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}  # noqa: E731
-  return optax.chain(optax.clip_by_global_norm(t.grad_clip),
-                     optax.multi_transform({"encoder": encoder, "decoder": decoder}, labels))
+
+  def labels(params):
+    out = {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
+    if encoder_modules:  # only these encoder modules train; weight decay must not shrink the frozen ones
+      out["encoder"] = {m: jax.tree.map(lambda _: "encoder" if m in encoder_modules else "frozen", v)
+                        for m, v in params["encoder"].items()}
+    return out
+
+  transforms = {"encoder": encoder, "decoder": decoder}
+  if encoder_modules:  # (only then: the optimizer state of the other regimes keeps its layout)
+    transforms["frozen"] = optax.set_to_zero()
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.multi_transform(transforms, labels))
+
+
+def groups(trainable: Sequence[str]) -> tuple[str, ...]:
+  """The parameter groups ("encoder", "decoder") that `trainable` differentiates."""
+  return tuple(dict.fromkeys(g.partition("/")[0] for g in trainable))
 
 
 @dataclasses.dataclass
@@ -108,12 +124,12 @@ class Setup:
   model: CaptionModel
   tx: optax.GradientTransformation
   state: dict                       # host arrays; the trainer places them on the mesh
-  trainable: tuple[str, ...]        # the parameter groups that get gradients
+  trainable: tuple[str, ...]        # what trains: parameter groups, or encoder modules as "encoder/<name>"
 
 
 def build(config, model: CaptionModel, variables: dict, total_steps: int,
           trainable: Sequence[str] = ("decoder",)) -> Setup:
-  tx = make_optimizer(config, total_steps, train_encoder="encoder" in trainable)
+  tx = make_optimizer(config, total_steps, trainable)
   params = variables["params"]
   with jax.ensure_compile_time_eval():  # a host array even where build is traced (jaxcap.aot builds abstractly)
     rng = np.asarray(stream(config.seed, TRAIN))
@@ -125,9 +141,10 @@ def build(config, model: CaptionModel, variables: dict, total_steps: int,
 def make_train_step(setup: Setup, objective: Objective) -> Callable:
   """train_step(state, batch) -> (state, metrics): one optimizer step on `objective`.
 
-  Only `setup.trainable` parameter groups are differentiated; the others get zero gradients.
+  Only `setup.trainable` parameter groups are differentiated; the others get zero gradients (and the optimizer
+  zero updates for the encoder modules `setup.trainable` does not name).
   """
-  tx = setup.tx
+  tx, differentiated = setup.tx, groups(setup.trainable)
 
   def loss_fn(trainable, params, batch_stats, batch, rng):
     loss, aux, new_stats = objective(setup.model, {**params, **trainable}, batch_stats, batch, rng)
@@ -136,7 +153,7 @@ def make_train_step(setup: Setup, objective: Objective) -> Callable:
   def train_step(state, batch):
     step_rng = jax.random.fold_in(state["rng"], state["step"])  # the step's key: a function of the step alone
     params = state["params"]
-    trainable = {k: params[k] for k in setup.trainable}
+    trainable = {k: params[k] for k in differentiated}
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (aux, stats)), tgrads = grad_fn(trainable, params, state["batch_stats"], batch, step_rng)
     grads = {k: tgrads[k] if k in tgrads else jax.tree.map(jnp.zeros_like, v) for k, v in params.items()}

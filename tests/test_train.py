@@ -56,9 +56,11 @@ def test_decay_steps_stops_partway_down_the_longer_schedule(tiny_config, read_me
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("regime", ["cached", "finetune"])
+@pytest.mark.parametrize("regime", ["cached", "finetune", "top"])
 def test_sigkill_mid_run_then_same_command_resumes_with_same_data_order(regime, train_cmd, read_metrics, tmp_path):
   overrides = {"train.num_steps": 40, "train.regime": regime}
+  if regime == "top":  # image-major batches of 2 images x 5 captions
+    overrides.update({"train.captions_per_image": 5, "train.batch_size": 10})
   straight = str(tmp_path / "straight")
   subprocess.run(train_cmd(straight, overrides), check=True, capture_output=True, cwd=ROOT)
 
@@ -206,7 +208,7 @@ def test_encoder_first_update_after_the_switch_equals_a_fresh_start():
     c = default.get_config()
     c.train.update({"finetune_from_step": start, "warmup_steps": 0, "encoder_learning_rate": 1e-3,
                     "grad_clip": 1e9})
-    tx = train_state.make_optimizer(c, total_steps=100, train_encoder=True)
+    tx = train_state.make_optimizer(c, total_steps=100, trainable=("encoder", "decoder"))
     params = {"encoder": {"w": np.ones((3, 4), np.float32)}, "decoder": {"w": np.ones((4,), np.float32)}}
     state = tx.init(params)
     zero = jax.tree.map(np.zeros_like, params)

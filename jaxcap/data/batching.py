@@ -72,6 +72,49 @@ class Schedule:
     return int(cut_length(self.lengths[idx].max(-1), self.pad_multiple, max_len))
 
 
+class ImageMajorSchedule(Schedule):
+  """Global batches of pair indices grouped by image: batch_size / per_image images a step, each with
+  `per_image` of its captions side by side (rows j*per_image .. (j+1)*per_image - 1 share an image), so a feed
+  computing something per image (the top of the encoder, `jaxcap.feeds.top`) does it once for its captions.
+  Epoch e's order depends only on (seed, e): the images shuffled, and each image's captions drawn without
+  repeats (cycled when it has fewer than `per_image`; the others of an image with more are seen in other
+  epochs). Not length-bucketed: an image's captions come together whatever their lengths."""
+
+  def __init__(self, image_index: np.ndarray, lengths: np.ndarray, batch_size: int, per_image: int,
+               seed: int | tuple[int, ...] = 0, pad_multiple: int = 4):
+    if per_image < 1 or batch_size % per_image:
+      raise ValueError(f"batch {batch_size} is not a whole number of images of {per_image} captions")
+    super().__init__(lengths, batch_size, seed, bucket=False, pad_multiple=pad_multiple)
+    order = np.argsort(image_index, kind="stable")
+    images, starts = np.unique(image_index[order], return_index=True)
+    self.captions_of = np.split(order, starts[1:])  # pair indices of each image that has captions
+    self.per_image = per_image
+    images_per_step = batch_size // per_image
+    self.steps_per_epoch = len(self.captions_of) // images_per_step
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"{len(self.captions_of)} training images cannot fill one batch of {images_per_step}")
+
+  def epoch(self, e: int) -> list[np.ndarray]:
+    if self._cache and self._cache[0] == e:
+      return self._cache[1]
+    rng = np.random.default_rng([*np.atleast_1d(self.seed), e])
+    k = self.per_image
+    images = rng.permutation(len(self.captions_of))[: self.steps_per_epoch * (self.batch_size // k)]
+    rows = np.stack([np.resize(rng.permutation(self.captions_of[i]), k) for i in images])
+    self._cache = (e, list(rows.reshape(self.steps_per_epoch, self.batch_size)))
+    return self._cache[1]
+
+
+def make_schedule(pairs: CaptionPairs, batch_size: int, seed: int | tuple[int, ...] = 0, bucket: bool = True,
+                  per_image: int = 0, rows: np.ndarray | None = None) -> Schedule:
+  """The schedule over pairs `rows` (default all): caption-major (`Schedule`, length-bucketed when `bucket`) when
+  `per_image` is 0, else image-major (`ImageMajorSchedule`); batch indices are positions in `rows`."""
+  rows = np.arange(len(pairs.lengths)) if rows is None else rows
+  if per_image:
+    return ImageMajorSchedule(pairs.image_index[rows], pairs.lengths[rows], batch_size, per_image, seed)
+  return Schedule(pairs.lengths[rows], batch_size, seed, bucket=bucket)
+
+
 def cut_length(longest, multiple: int, max_len: int):
   """The length a batch is cut to (an int, or one per row of an array): its longest caption rounded up to a
   multiple of `multiple`, at most max_len."""

@@ -2,8 +2,9 @@
 
 A feed knows
   - `steps_per_epoch`;
-  - `trainable`: the parameter groups the step differentiates;
-  - `inputs`: what its batches carry besides captions ("grid": cached features, "image": pixels);
+  - `trainable`: the parameter groups the step differentiates (or encoder modules, "encoder/<name>");
+  - `inputs`: what its batches carry besides captions ("grid": cached features, "image": pixels, "trunk": the
+    encoder's cached trunk);
   - `objective(step)`: what the step at `step` minimizes, one of `step_objectives(config)` (one jitted step
     each, `jaxcap.objectives`);
   - `batches(start, stop)`: this process's batches for steps start..stop-1, a pure function of the step, so a
@@ -18,7 +19,7 @@ be resident on the devices instead (`rows.TrainRows`, `jaxcap.device_feed`).
 
 Modules: `host` (chunks, prefetch, host batches), `rows` (train rows and where they live), `cached` (frozen
 encoder, `CachedFeatures`), `images` (fine-tune: `ImageStream`, `DecodedImages`), `self_critical`
-(`SelfCritical`). Every feed is built as Feed(config, builder, model, variables, vocab, train, dev, log,
+(`SelfCritical`), `top` (the encoder's top on its cached trunk: `TopOfEncoder`). Every feed is built as Feed(config, builder, model, variables, vocab, train, dev, log,
 verbose). Adding a way of training is one new class and one entry in FEEDS; the loop (`train_lib`) never asks
 which one it has. A regime fed more than one way (fine-tune: `DecodedImages` or `ImageStream`, by
 `train.image_feed`) picks one in its class's `resolve`, which `make_feed` calls with the data's sizes at hand.
@@ -30,9 +31,10 @@ from jaxcap.data import vocab as vocab_lib
 from jaxcap.feeds.cached import CachedFeatures
 from jaxcap.feeds.images import FineTune
 from jaxcap.feeds.self_critical import SelfCritical
+from jaxcap.feeds.top import TopOfEncoder
 from jaxcap.models.caption_model import CaptionModel
 
-FEEDS = {"cached": CachedFeatures, "finetune": FineTune, "self_critical": SelfCritical}
+FEEDS = {"cached": CachedFeatures, "finetune": FineTune, "self_critical": SelfCritical, "top": TopOfEncoder}
 
 
 def feed_class(config):

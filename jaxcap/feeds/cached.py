@@ -15,7 +15,8 @@ from jaxcap.models.caption_model import CaptionModel
 
 class CachedFeatures(Feed):
   """Frozen encoder: every image encoded once into the feature cache; the decoder trains on the grids
-  (`TrainRows`: length-bucketed batches, gathered on the host or the devices)."""
+  (`TrainRows`: length-bucketed batches, or image-major ones by `train.captions_per_image`, gathered on the host
+  or the devices)."""
   trainable, inputs = ("decoder",), "grid"
   device_resident = True  # whether the train grids may go to the devices
 
@@ -33,7 +34,8 @@ class CachedFeatures(Feed):
     self.dev_caps = dev[1]
     log(f"features ready in {time.time() - t0:.0f}s: {self.directory} train {train_rows.shape}")
     self.source = TrainRows(config, train_rows, train, vocab, log, {"dev": dev_rows}, "grids", key="grid",
-                            device_resident=self.device_resident)
+                            device_resident=self.device_resident,
+                            per_image=config.train.get("captions_per_image", 0))
     self.dev_feats = self.source.store["dev"]
 
   def _features(self, split: str, verbose: bool = False):

@@ -63,16 +63,17 @@ class TrainRows(HostBatches):
   indices, each caption's image row drawn as `key`. Placed on the devices (`self.device`, a
   `device_feed.DeviceCaptions`: `row_kind` names the rows in its log) when `device_resident` and they fit, else
   in the host store (`self.train_rows`) with the `host_also` splits; `self.store` is that store ({split: array or
-  FeatureRows}). `length_bucketed`: whether `train.length_bucketing` applies."""
+  FeatureRows}). `length_bucketed`: whether `train.length_bucketing` applies; `per_image` > 0: image-major
+  batches of that many captions per image (`batching.ImageMajorSchedule`)."""
 
   def __init__(self, config, rows: feature_cache.FeatureRows, train: tuple[list[str], dict],
                vocab: vocab_lib.Vocab, log, host_also: dict, row_kind: str, key: str = "grid",
-               device_resident: bool = True, length_bucketed: bool = True):
+               device_resident: bool = True, length_bucketed: bool = True, per_image: int = 0):
     self.config, self.key = config, key
     t = config.train
     bucket = t.length_bucketing and length_bucketed
     self.pairs = batching.caption_pairs(train[0], train[1], vocab, config.data.max_len)
-    self.schedule = batching.Schedule(self.pairs.lengths, t.batch_size, config.seed, bucket=bucket)
+    self.schedule = batching.make_schedule(self.pairs, t.batch_size, config.seed, bucket, per_image)
     self.steps_per_epoch = self.schedule.steps_per_epoch
     where = device_feed.placement(config, rows.nbytes, self.pairs, jax.devices(), log, row_kind) if (
         device_resident) else "host"
@@ -84,7 +85,7 @@ class TrainRows(HostBatches):
       self.device = device_feed.DeviceCaptions(
           rows, self.pairs, t.batch_size, config.seed, bucket, config.data.max_len,
           shards=1 if where == "replicate" else jax.device_count(), n_devices=jax.device_count(),
-          steps_per_dispatch=t.steps_per_dispatch, key=key)
+          steps_per_dispatch=t.steps_per_dispatch, key=key, per_image=per_image)
       self.steps_per_epoch = self.device.steps_per_epoch
 
   def dispatches(self, chunks: list[tuple[int, int]], mesh):

@@ -24,6 +24,11 @@ class CaptionModel(nn.Module):
   def encode(self, images, train_encoder: bool = False):
     return self.encoder(images, train=train_encoder)[0]
 
+  def encode_top(self, trunk, start: int):
+    """The grid from a trunk (the output of the encoder's layers below `start`): the layers from `start` on, in
+    inference mode (frozen BatchNorm statistics, as fine-tuning with small batches does)."""
+    return self.encoder(trunk, train=False, span=(start, self.encoder.num_layers))
+
 
 def encode_fn(model: CaptionModel):
   """jitted (variables {params, batch_stats}, images uint8 [B, S, S, 3]) -> grid [B, h, w, C], eval mode."""
