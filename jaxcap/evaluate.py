@@ -11,8 +11,9 @@ stdout is one JSON object with the metrics. Without --data_dir the dataset named
 is used (whatever its data.dataset: Flickr8k, a Karpathy JSON, tfds:<name>). With several --alphas, each
 length penalty (and with several --beam, each beam size) is evaluated on the same encoded images (tune on
 dev, report on test). When the first checkpoint's workdir has a consensus index (`python -m jaxcap.consensus`),
-beam search's captions are re-ranked by it (--rerank_weights: the weights to try, 0 = off). Several --checkpoint
-make an ensemble (same vocabulary, any encoders; every step scores words by the mean of the members'
+beam search's captions are re-ranked by it (--rerank_weights: the weights to try, 0 = off); a dev or test split
+sharing images with the index's train images is refused (their own references would rank them). Several
+--checkpoint make an ensemble (same vocabulary, any encoders; every step scores words by the mean of the members'
 log-probabilities): images are encoded once per distinct encoder, and the dataset is the first checkpoint's.
 """
 from __future__ import annotations
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
 
 def run(a: argparse.Namespace, log=lambda *x: print(*x, file=sys.stderr)) -> dict:
   """The evaluation `a` (parsed flags, `parser()`) describes; returns the summary main prints."""
-  from jaxcap import evaluator, feature_cache, metrics
+  from jaxcap import consensus, evaluator, feature_cache, metrics
   from jaxcap.data import dataset
   from jaxcap.inference import Captioner
 
@@ -107,6 +108,12 @@ def run(a: argparse.Namespace, log=lambda *x: print(*x, file=sys.stderr)) -> dic
         f"k={rr.resolve(evaluator.Settings(rerank_k=a.rerank_k))[0]}); --rerank_weights 0 turns it off")
   settings_to_try = [(beam, alpha, weight) for beam, alpha in itertools.product(a.beam, a.alphas)
                      for weight in (a.rerank_weights if rr and beam > 1 else [None])]  # greedy: nothing to rank
+  if rr is not None and a.split != "train" and any(
+      beam > 1 and rr.resolve(evaluator.Settings(rerank_k=a.rerank_k, rerank_weight=w))[1] > 0
+      for beam, _, w in settings_to_try):
+    # A dev or test image among the index's train images would be ranked by its own references (train: the
+    # warning above). Checked on the names just encoded, before anything is decoded.
+    consensus.check_disjoint(rr.index, inputs.names, a.split)
   for beam, alpha, weight in settings_to_try:
     t1 = time.time()
     settings = evaluator.Settings(beam, a.max_len, alpha, a.batch_size, a.rerank_k, weight)

@@ -1,7 +1,7 @@
 """Consensus reranking (jaxcap.consensus): beams re-ranked by CIDEr-D against the captions of the nearest train
 images; an index in a workdir (built by `python -m jaxcap.consensus`) is found by the Captioner, so evaluate,
 caption, the service and the app all use it; weight 0 is the plain beam order; a damaged or mismatched index is
-one line, never a crash."""
+one line, never a crash; an index holding an evaluated split's images (their own references) is refused."""
 import json
 import os
 import shutil
@@ -13,6 +13,7 @@ import pytest
 from jaxcap import consensus, evaluate, evaluator, inference
 from jaxcap.cider import CiderD
 from jaxcap.consensus import build as consensus_build
+from jaxcap.consensus import index as consensus_index
 from jaxcap.consensus.__main__ import main as consensus_main
 from jaxcap.data import vocab as V
 from jaxcap.inference import Captioner
@@ -24,7 +25,7 @@ def _index(k=1, weight=4.0):
   # Two train images: one whose captions are about a dog, one about a cat; grids point along channel 0 / 1.
   feats = np.eye(2, 4, dtype=np.float16)
   refs = [[DOG, "a brown dog runs on the grass"], [CAT, "a cat sits on a sofa"]]
-  return consensus.Index(feats, refs, "small_cnn-24", k, weight)
+  return consensus.Index(feats, refs, ["dog.jpg", "cat.jpg"], "/data/pets", "small_cnn-24", k, weight)
 
 
 def _vocab():
@@ -74,7 +75,8 @@ def test_a_caption_cut_at_max_len_stays_after_every_ended_one_as_beam_search_ran
 def test_neighbours_are_the_k_nearest_by_cosine_of_the_pooled_grids():
   rng = np.random.default_rng(0)
   train = rng.normal(size=(50, 3, 3, 8)).astype(np.float32)
-  index = consensus.Index(consensus.pool(train).astype(np.float16), [["x"]] * 50, "e", 5, 1.0)
+  index = consensus.Index(consensus.pool(train).astype(np.float16), [["x"]] * 50, [f"{i}.jpg" for i in range(50)],
+                          "d", "e", 5, 1.0)
   query = rng.normal(size=(4, 3, 3, 8)).astype(np.float32)
   got = index.neighbours(query, 5)
   sims = consensus.pool(query) @ consensus.pool(train).T
@@ -86,14 +88,49 @@ def test_an_index_round_trips_and_a_damaged_one_is_one_line_naming_it(tmp_path):
   _index(k=7, weight=2.5).save(path)
   back = consensus.Index.load(path)
   assert (back.k, back.weight, back.encoder, back.references) == (7, 2.5, "small_cnn-24", _index().references)
+  # The train images it holds (row order) and their dataset: what evaluation checks a split against.
+  assert (back.image_ids, back.dataset, back.path) == (["dog.jpg", "cat.jpg"], "/data/pets", path)
   np.testing.assert_array_equal(back.features, _index().features)
   with open(path, "r+b") as f:
     f.truncate(100)
   with pytest.raises(consensus.ConsensusError, match=f"{path}: not a readable consensus index"):
     consensus.Index.load(path)
-  np.savez(path, features=np.zeros((1, 4), np.float16), meta=np.frombuffer(b'{"format": 1}', np.uint8))
+  meta = {"format": consensus_index._FORMAT}
+  np.savez(path, features=np.zeros((1, 4), np.float16), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
   with pytest.raises(consensus.ConsensusError, match="not a readable consensus index .KeyError: 'references'"):
     consensus.Index.load(path)
+  meta.update(encoder="e", k=1, weight=1.0, dataset="d", references=[["x"]], image_ids=["a.jpg", "b.jpg"])
+  np.savez(path, features=np.zeros((1, 4), np.float16), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+  with pytest.raises(consensus.ConsensusError, match=f"^{path}: 1 grids, 1 caption sets and 2 image names; rebuild"):
+    consensus.Index.load(path)
+
+
+def test_an_index_of_the_format_before_image_names_is_refused_with_the_rebuild_command(tmp_path):
+  """Format 1 recorded no train image names, so it cannot be checked against a split: rebuilt, not guessed."""
+  path = str(tmp_path / "consensus.npz")
+  old = {"format": 1, "encoder": "small_cnn-24", "k": 15, "weight": 4.0, "references": [[DOG], [CAT]]}
+  np.savez(path, features=np.eye(2, 4, dtype=np.float16), meta=np.frombuffer(json.dumps(old).encode(), np.uint8))
+  with pytest.raises(consensus.ConsensusError) as e:
+    consensus.Index.load(path)
+  assert str(e.value) == (f"{path}: consensus index format 1, this code reads {consensus_index._FORMAT}; rebuild it "
+                          "with `python -m jaxcap.consensus --checkpoint <workdir>`")
+  assert consensus_index._FORMAT > 1
+
+
+def test_a_split_holding_any_of_the_index_train_images_is_refused_naming_the_overlap(tmp_path):
+  index = _index()
+  consensus.check_disjoint(index, ["bird.jpg", "fish.jpg"], "test")  # disjoint: nothing to say
+  consensus.check_disjoint(index, [], "dev")
+  with pytest.raises(consensus.ConsensusError) as e:
+    consensus.check_disjoint(index, ["bird.jpg", "cat.jpg"], "test")
+  msg = str(e.value)
+  assert msg.startswith("consensus index: 1 of the 2 test images are among the 2 train images it was built from "
+                        "(/data/pets), e.g. cat.jpg") and "\n" not in msg
+  assert "rebuild it from the dataset whose train split excludes them" in msg and "--rerank_weights 0" in msg
+  path = str(tmp_path / "consensus.npz")
+  index.save(path)  # a saved (or loaded) index names its file
+  with pytest.raises(consensus.ConsensusError, match=f"^{path}: 2 of the 3 dev images .* e.g. dog.jpg"):
+    consensus.check_disjoint(index, ["dog.jpg", "cat.jpg", "bird.jpg"], "dev")
 
 
 def test_the_index_belongs_to_a_workdir_not_to_a_loose_step_directory(tmp_path):
@@ -155,7 +192,7 @@ def test_a_workdir_index_reranks_what_the_captioner_says(indexed):
 
 
 def test_the_index_reads_the_feature_cache_only_when_it_holds_this_encoders_grids(indexed, tmp_path):
-  from jaxcap.data import dataset
+  from jaxcap.data import dataset, tfds_builder
   workdir, _ = indexed
   cap = Captioner.load(workdir)
   builder = dataset.prepare(cap.config.data, verbose=False)
@@ -166,6 +203,12 @@ def test_the_index_reads_the_feature_cache_only_when_it_holds_this_encoders_grid
   np.testing.assert_allclose(encoded.features.astype(np.float32), from_cache.features.astype(np.float32),
                              atol=2e-3)
   assert encoded.references == from_cache.references and encoded.encoder == from_cache.encoder
+  # Each row's train file name, in row order (the references are looked up by them), and the dataset.
+  train_names, captions = tfds_builder.split_captions(builder, "train")
+  assert encoded.image_ids == from_cache.image_ids and sorted(from_cache.image_ids) == sorted(train_names)
+  assert from_cache.references[3] == [" ".join(V.normalize(c)) for c in captions[from_cache.image_ids[3]]]
+  assert from_cache.dataset == getattr(builder, "cache_id", builder.data_dir)
+  assert consensus.Index.load(os.path.join(workdir, consensus.FILENAME)).dataset == dataset.describe(cap.config.data)
   # Other encoder weights (as a fine-tuned checkpoint has): the cache of the frozen ones is not used, and the
   # index is another one.
   cap.config.data.feature_cache_dir = cached_dir
@@ -194,6 +237,46 @@ def test_evaluate_sweeps_rerank_weights_and_weight_0_is_the_plain_beam_search(in
   default = evaluate.run(evaluate.parser().parse_args(["--checkpoint", workdir, *args, "--out", str(tmp_path / "d")]),
                          log=lambda *a: None)
   assert default["rerank"] == 100.0 and default["cider"] == on["cider"]  # the index's own weight
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_to_rerank_a_split_whose_images_are_in_the_index(indexed, tmp_path, capsys, monkeypatch):
+  """An index whose train images include test photos (as one built with --data_dir on a dataset whose train split
+  holds them would) would score their captions against their own references: one line, before decoding."""
+  from jaxcap.data import dataset, tfds_builder
+  workdir, _ = indexed
+  path = os.path.join(workdir, consensus.FILENAME)
+  index = consensus.Index.load(path)
+  config = Captioner.load(workdir).config
+  test_names = tfds_builder.split_captions(dataset.prepare(config.data, verbose=False), "test")[0]
+  assert not set(test_names) & set(index.image_ids)  # as built: the synthetic train split excludes them
+  index.image_ids[5] = test_names[1]
+  index.save(path)
+  args = ["--checkpoint", workdir, "--split", "test", "--no_meteor", "--out", str(tmp_path / "o"), "--beam"]
+  with monkeypatch.context() as m, pytest.raises(consensus.ConsensusError) as e:
+    m.setattr(evaluator, "evaluate", lambda *a, **k: pytest.fail("decoded a split the index holds images of"))
+    evaluate.run(evaluate.parser().parse_args(args + ["3"]), log=lambda *a: None)
+  assert str(e.value).startswith(f"{path}: 1 of the {len(test_names)} test images are among the "
+                                 f"{len(index.image_ids)} train images it was built from "
+                                 f"({dataset.describe(config.data)}), e.g. {test_names[1]}")
+  assert not os.path.exists(tmp_path / "o")
+  # The command line: one line, exit status 2.
+  capsys.readouterr()
+  assert evaluate.main(args + ["3"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith(f"error: {path}: 1 of the") and "--rerank_weights 0" in err[-1]
+  assert f"python -m jaxcap.consensus --checkpoint {workdir} --data_dir DIR" in err[-1]
+  # Weight 0 or greedy: nothing is re-ranked, so nothing leaks. Any weight above 0 among those tried refuses.
+  assert evaluate.run(evaluate.parser().parse_args(args + ["3", "--rerank_weights", "0"]),
+                      log=lambda *a: None)["rerank"] == 0.0
+  assert evaluate.run(evaluate.parser().parse_args(args + ["1"]), log=lambda *a: None)["rerank"] == 0.0
+  with pytest.raises(consensus.ConsensusError, match="1 of the"):
+    evaluate.run(evaluate.parser().parse_args(args + ["3", "--rerank_weights", "0", "4"]), log=lambda *a: None)
+  # The train split is the index's own by design: re-ranked with a warning that its figures are optimistic.
+  seen = []
+  train = ["--checkpoint", workdir, "--split", "train", "--limit", "2", "--no_meteor", "--out", str(tmp_path / "t")]
+  assert evaluate.run(evaluate.parser().parse_args(train), log=seen.append)["rerank"] == 100.0
+  assert any("re-ranked train figures are optimistic" in line for line in seen)
 
 
 def test_an_index_of_another_encoder_or_a_damaged_one_is_a_warning_and_no_reranking(indexed):

@@ -21,10 +21,12 @@ from jaxcap.data import vocab as vocab_lib
 
 
 def build(captioner: inference.Captioner, builder, batch_size: int = 64, k: int = 15, weight: float = 4.0,
-          progress: bool = True) -> Index:
+          progress: bool = True, dataset_name: str | None = None) -> Index:
   """The index of `builder`'s train split for the Captioner's first member: grids from the feature cache its
   training filled, when the cache holds what this checkpoint's encoder gives (checked on the first batch: a
-  fine-tuned encoder does not), else encoded now."""
+  fine-tuned encoder does not), else encoded now. It records the train images' file names (row order), which
+  evaluation checks its split against, and `dataset_name` (`dataset.describe` of the data config; default: the
+  prepared copy the feature cache is keyed by)."""
   m = captioner.members[0]
   preprocessing = m.model.encoder.preprocessing
   encode = lambda x: m._encode(m.variables, jnp.asarray(x))  # noqa: E731  (this member's encoder only)
@@ -44,7 +46,8 @@ def build(captioner: inference.Captioner, builder, batch_size: int = 64, k: int 
     feats = np.concatenate(parts)
   captions = tfds_builder.split_captions(builder, "train")[1]
   refs = [[" ".join(vocab_lib.normalize(c)) for c in captions[n]] for n in names]
-  return Index(feats, refs, inference.encoder_id(captioner), k, weight)
+  dataset_name = dataset_name or getattr(builder, "cache_id", builder.data_dir)
+  return Index(feats, refs, list(names), dataset_name, inference.encoder_id(captioner), k, weight)
 
 
 def write(checkpoint_path: str, data_dir: str | None = None, k: int = 15, weight: float = 4.0,
@@ -61,8 +64,8 @@ def write(checkpoint_path: str, data_dir: str | None = None, k: int = 15, weight
   if path is None:
     raise ConsensusError(f"{cap.source}: a step directory outside a workdir (<workdir>/{checkpoint.LATEST}/<step>); "
                          "give the training workdir, where the index goes")
-  index = build(cap, dataset.prepare(data, verbose=False), k=k, weight=weight)
+  index = build(cap, dataset.prepare(data, verbose=False), k=k, weight=weight, dataset_name=dataset.describe(data))
   index.save(path)
-  log(f"consensus index of {len(index.references)} train images ({index.encoder}, k={k}, weight={weight:g}) "
-      f"in {time.time() - t0:.0f}s: {path}")
+  log(f"consensus index of {len(index.references)} train images of {index.dataset} ({index.encoder}, k={k}, "
+      f"weight={weight:g}) in {time.time() - t0:.0f}s: {path}")
   return path

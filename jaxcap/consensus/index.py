@@ -1,18 +1,24 @@
 """The consensus index and the reranking it does, in numpy: nothing here loads a model or a checkpoint.
 
 An index holds every train image's grid (from one checkpoint's encoder), mean-pooled and L2-normalized, with
-the image's reference captions. Beam search's captions of a photo are ranked by
+the image's reference captions and file name, and names the dataset they came from. Beam search's captions of a
+photo are ranked by
 
     beam score + weight * CIDEr-D(caption, the references of the k train images nearest the photo)
 
 (nearest: cosine of the pooled grids; CIDEr-D: `jaxcap.cider`, with the train references' document
 frequencies). k and weight are stored with the index; `evaluator.Settings` can override them, and weight 0
 turns reranking off.
+
+An evaluated image that is also one of the index's train images would be scored against its own references: the
+split's figures would be inflated by a leak (e.g. `--data_dir` naming a dataset whose train split holds the test
+photos). `check_disjoint` refuses such a split; images are identified by file name, as the feature cache does.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +28,7 @@ from jaxcap.cider import CiderD
 from jaxcap.data import vocab as vocab_lib
 
 FILENAME = "consensus.npz"
-_FORMAT = 1
+_FORMAT = 2  # 2: the train images' file names and the dataset (format 1 had neither)
 
 
 class ConsensusError(Exception):
@@ -33,11 +39,18 @@ class ConsensusError(Exception):
 class Index:
   features: np.ndarray               # [N, C] mean-pooled train grids, L2-normalized; float16 on disk, float32 here
   references: list[list[str]]        # [N] normalized reference captions of each train image
+  image_ids: list[str]               # [N] each train image's file name (row order): what `check_disjoint` reads
+  dataset: str                       # the dataset whose train split it holds (`dataset.describe`), for messages
   encoder: str                       # the grids' encoder (name-size-digest), checked against the reader's
   k: int = 15                        # neighbours whose references a caption is scored against
   weight: float = 4.0                # consensus CIDEr-D's weight beside the beam score
+  path: str = ""                     # the file it was saved to or read from ("" until then), for messages
 
   def __post_init__(self):
+    self.image_ids = list(self.image_ids)
+    if not len(self.features) == len(self.references) == len(self.image_ids):
+      raise ConsensusError(f"{self.path or 'consensus index'}: {len(self.features)} grids, "
+                           f"{len(self.references)} caption sets and {len(self.image_ids)} image names")
     self.scorer = CiderD(self.references)
     # float16 precision (the file's), one float32 copy for the per-batch product: an index built here and the
     # same one read back rank alike, and memory holds one copy, not a float16 and a float32 one.
@@ -45,9 +58,10 @@ class Index:
 
   def save(self, path: str) -> None:
     meta = {"format": _FORMAT, "encoder": self.encoder, "k": self.k, "weight": self.weight,
-            "references": self.references}
+            "dataset": self.dataset, "image_ids": self.image_ids, "references": self.references}
     with fileio.atomic_paths(path) as (tmp,):
       np.savez(tmp, features=self.features.astype(np.float16), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    self.path = path
 
   @classmethod
   def load(cls, path: str) -> "Index":
@@ -58,14 +72,16 @@ class Index:
       if meta.get("format") != _FORMAT:
         raise ConsensusError(f"{path}: consensus index format {meta.get('format')!r}, this code reads {_FORMAT}; "
                              + rebuild)
-      fields = meta["references"], meta["encoder"], int(meta["k"]), float(meta["weight"])
+      fields = (meta["references"], [str(n) for n in meta["image_ids"]], str(meta["dataset"]), meta["encoder"],
+                int(meta["k"]), float(meta["weight"]))
     except ConsensusError:
       raise
     except Exception as e:  # noqa: BLE001  (zip, npy, JSON and missing fields alike: a damaged file)
       raise ConsensusError(f"{path}: not a readable consensus index ({type(e).__name__}: {e}); {rebuild}") from None
-    if len(fields[0]) != len(features):
-      raise ConsensusError(f"{path}: {len(features)} grids for {len(fields[0])} caption sets; {rebuild}")
-    return cls(features, *fields)
+    try:
+      return cls(features, *fields, path=path)
+    except ConsensusError as e:
+      raise ConsensusError(f"{e}; {rebuild}") from None
 
   def neighbours(self, grids: np.ndarray, k: int) -> np.ndarray:
     """[B, k] train rows nearest each grid of [B, h, w, C] (cosine of the mean-pooled grids)."""
@@ -92,6 +108,22 @@ def load_checked(path: str, encoder: str, source: str) -> Index:
     raise ConsensusError(f"{path}: built from {index.encoder} grids, but {source} encodes with "
                          f"{encoder}; rebuild it")
   return index
+
+
+def check_disjoint(index: Index, names: Sequence[str], split: str) -> None:
+  """ConsensusError (one line) when any of `names` (the file names of the `split` images about to be re-ranked)
+  is one of the index's train images: each would be ranked by its own references. Saying how to fix it: an index
+  from the dataset whose train split excludes them, or no reranking."""
+  held = set(index.image_ids)
+  overlap = [n for n in names if n in held]
+  if overlap:
+    workdir = os.path.dirname(index.path) if index.path else "<workdir>"  # the index lives in its workdir
+    raise ConsensusError(
+        f"{index.path or 'consensus index'}: {len(overlap)} of the {len(names)} {split} images are among the "
+        f"{len(index.image_ids)} train images it was built from ({index.dataset}), e.g. {overlap[0]}, so their own "
+        "references would rank their captions; rebuild it from the dataset whose train split excludes them "
+        f"(`python -m jaxcap.consensus --checkpoint {workdir} --data_dir DIR`), or turn reranking off (weight 0: "
+        "--rerank_weights 0)")
 
 
 def pool(grids: np.ndarray) -> np.ndarray:
