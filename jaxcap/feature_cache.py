@@ -49,28 +49,34 @@ def directory(root: str, dataset_dir: str, encoder_name: str, weights_file: str 
                 else f"random-seed{seed}")
   weights_id += f"|pixels{pipeline.PIXELS_VERSION}"
   key = f"{os.path.abspath(dataset_dir)}|{encoder_name}|{weights_id}|{size}|{compute}" + (f"|{part}" if part else "")
-  name = f"{encoder_name}-{size}" + (f"-{part.split('|')[0]}" if part else "")
+  name = f"{encoder_name}-{size}" + (f"-{part.split('|')[0]}" if part.startswith("trunk") else "")
   return os.path.join(root, f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}")
 
 
-def directory_for(config, builder, size: int, trunk: tuple[int, dict] | None = None) -> str:
+def directory_for(config, builder, size: int, variables: dict | None = None, trunk: int = 0) -> str:
   """Where a config's frozen-encoder grids are cached: keyed by the prepared dataset (an adapter's cache_id),
   the encoder, its weights file (`model.pretrained`; "default": the encoder's converted weights), input size,
   and how it computes: `model.dtype`, and for EfficientNets the depthwise kernels `model.depthwise_impl`
   resolves to on this backend (each gives other bits: a bf16 run never reads an f32 run's grids).
-  `trunk=(stop, variables)`: where the output of the encoder's layers below `stop` is cached instead, keyed
-  also by a digest of those layers' `variables` (a trunk from `train.init_from`'s weights is not the file's)."""
+  `variables`: the encoder variables the cache is computed with, keyed by a digest of them (weights from
+  `train.init_from` whose encoder was adapted are not the file's). `trunk` > 0: where the output of the
+  encoder's layers below `trunk` is cached instead (`variables`: those layers')."""
   compute = config.model.dtype
   if config.model.encoder.startswith("efficientnet"):
     compute += "|depthwise=" + layers.resolve_depthwise_impl(config.model.get("depthwise_impl", "auto"))
-  part = ""
-  if trunk is not None:
+  part = f"trunk{trunk}" if trunk else ""
+  if variables is not None:
     digest = hashlib.sha1()
-    for leaf in jax.tree.leaves(trunk[1]):
+    for leaf in jax.tree.leaves(variables):
       digest.update(np.ascontiguousarray(leaf).tobytes())
-    part = f"trunk{trunk[0]}|{digest.hexdigest()}"
+    part += f"|weights={digest.hexdigest()}"
   return directory(config.data.feature_cache_dir, getattr(builder, "cache_id", builder.data_dir),
                    config.model.encoder, pretrained.weights_path(config) or None, config.seed, size, compute, part)
+
+
+def encoder_variables(variables: dict) -> dict:
+  """{params, batch_stats} of the encoder, from a model's variables ({params: {encoder, decoder}, ...})."""
+  return {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"].get("encoder", {})}
 
 
 def pixels_directory(root: str, dataset_dir: str, size: int) -> str:

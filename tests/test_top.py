@@ -159,14 +159,17 @@ def optax_norm(tree) -> float:
 
 def test_trunk_cache_is_keyed_by_the_trunk_weights_only(tiny_config, tmp_path):
   """The trunk's folder changes with the weights below the cut (a trunk from train.init_from's weights is not the
-  pretrained file's) and the cut, not with the top's weights."""
+  pretrained file's) and the cut; the grid cache is keyed by the encoder's weights too (self-critical training
+  from an adapted encoder must not read the frozen encoder's grids)."""
   config = _top_config(tiny_config)
   builder = type("B", (), {"data_dir": str(tmp_path)})()
   trunk = {"params": {"conv0": {"kernel": np.ones((3, 3), np.float32)}}}
   changed = {"params": {"conv0": {"kernel": np.full((3, 3), 2, np.float32)}}}
-  d = feature_cache.directory_for(config, builder, 32, trunk=(2, trunk))
-  assert d == feature_cache.directory_for(config, builder, 32, trunk=(2, jax.tree.map(np.copy, trunk)))
-  assert d != feature_cache.directory_for(config, builder, 32, trunk=(2, changed))
-  assert d != feature_cache.directory_for(config, builder, 32, trunk=(3, trunk))
-  assert d != feature_cache.directory_for(config, builder, 32)
+  d = feature_cache.directory_for(config, builder, 32, trunk, trunk=2)
+  assert d == feature_cache.directory_for(config, builder, 32, jax.tree.map(np.copy, trunk), trunk=2)
+  assert d != feature_cache.directory_for(config, builder, 32, changed, trunk=2)
+  assert d != feature_cache.directory_for(config, builder, 32, trunk, trunk=3)
   assert os.path.basename(d).startswith("small_cnn-32-trunk2-")
+  grid = feature_cache.directory_for(config, builder, 32, trunk)
+  assert grid != d and os.path.basename(grid).startswith("small_cnn-32-") and "trunk" not in grid
+  assert grid != feature_cache.directory_for(config, builder, 32, changed)

@@ -32,7 +32,8 @@ def build(captioner: inference.Captioner, builder, batch_size: int = 64, k: int 
   encode = lambda x: m._encode(m.variables, jnp.asarray(x))  # noqa: E731  (this member's encoder only)
   batches = feature_cache.encode_batches(builder, "train", encode, preprocessing, batch_size)
   first_names, first, _ = next(batches)
-  cached = feature_cache.load(feature_cache.directory_for(m.config, builder, preprocessing.size), "train")
+  cached = feature_cache.load(feature_cache.directory_for(
+      m.config, builder, preprocessing.size, m.encoder_variables()), "train")
   if cached is not None and cached[0][:len(first_names)] == first_names and np.allclose(
       np.asarray(cached[1][:len(first)], np.float32), first, rtol=1e-2, atol=1e-2):  # float16 in the cache
     names, rows = cached

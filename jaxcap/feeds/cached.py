@@ -24,8 +24,10 @@ class CachedFeatures(Feed):
                train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
     self.config, self.builder, self.model = config, builder, model
     [self._objective] = self.step_objectives(config).values()
-    self.enc_vars = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
-    self.directory = feature_cache.directory_for(config, builder, model.encoder.preprocessing.size)
+    self.enc_vars = feature_cache.encoder_variables(variables)
+    # Keyed by the encoder's variables too: self-critical training from an adapted encoder (the top regime's)
+    # encodes with that encoder, not the weights file's.
+    self.directory = feature_cache.directory_for(config, builder, model.encoder.preprocessing.size, self.enc_vars)
     t0 = time.time()
     names, train_rows = self._features("train", verbose)
     if names != train[0]:

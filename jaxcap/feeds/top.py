@@ -3,7 +3,7 @@ output of the layers below them) encoded once into the feature store.
 
 Fine-tuning end to end pays the whole encoder's forward and backward pass for every caption. Fine-tuning barely
 changes the lower layers, so they are frozen and their output cached once per image (float16, keyed by those
-layers' weights, `feature_cache.directory_for(trunk=...)`); each step runs only the top, in inference mode for
+layers' weights, `feature_cache.directory_for`); each step runs only the top, in inference mode for
 BatchNorm (frozen statistics, as fine-tuning with small batches does), once per image of an image-major batch
 (`train.captions_per_image` captions of each image side by side, `batching.ImageMajorSchedule`), and shares the
 grid among the image's captions. The trunk rows go where the cached regime's grids go (`TrainRows`: on the
@@ -58,10 +58,10 @@ class TopOfEncoder(Feed):
       raise train_state.TrainError(str(e)) from None
     top = top_modules(encoder, self.start)
     self.trainable = ("decoder", *(f"encoder/{m}" for m in top))
-    self.enc_vars = {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
+    self.enc_vars = feature_cache.encoder_variables(variables)
     trunk_vars = {col: {m: v for m, v in tree.items() if m not in top} for col, tree in self.enc_vars.items()}
-    self.directory = feature_cache.directory_for(config, builder, encoder.preprocessing.size,
-                                                 trunk=(self.start, trunk_vars))
+    self.directory = feature_cache.directory_for(config, builder, encoder.preprocessing.size, trunk_vars,
+                                                 trunk=self.start)
     per_image = t.captions_per_image
     self._objective = objectives.cross_entropy(config, objectives.top_forward(self.start, max(per_image, 1)))
     self._top = jax.jit(lambda v, x: model.apply(v, x, self.start, method=CaptionModel.encode_top))
