@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.pretrained = "default"
   # Input side for small_cnn (>= 16; pretrained encoders use their own size).
   c.model.image_size = 224
+  # Input side of a pretrained encoder in pixels (0 = its own: EfficientNet-Lite0/1/2 224/240/260, ResNets 224;
+  # else >= 32). Larger gives a finer grid (320: 10x10 instead of 7x7) from the same photos, upsampled.
+  c.model.input_size = 0
   # Decoder: "attend" (Show-Attend-Tell soft attention) or "show_tell".
   c.model.decoder_mode = "attend"
   # Widths (>= 1).

@@ -176,3 +176,29 @@ def test_auto_depthwise_kernel_is_chosen_for_the_platform_the_program_is_lowered
   hlo = {p: traced.lower(lowering_platforms=(p,)).as_text(dialect="hlo") for p in ("cpu", "tpu", "cuda")}
   assert "feature_group_count=4" in hlo["tpu"] and "feature_group_count=4" in hlo["cuda"]
   assert "convolution" not in hlo["cpu"]
+
+
+def test_input_size_gives_a_finer_grid_from_the_same_weights():
+  """model.input_size: a pretrained encoder at another resolution (320 px: a 10x10 grid for Lite0's 7x7), the same
+  parameters (so its ImageNet weights load), its preprocessing resizing to that size; 0 is its own."""
+  from configs import flickr8k_lite0
+  from jaxcap import config_check
+  from jaxcap.models.caption_model import make_model
+
+  c = flickr8k_lite0.get_config()
+  native, large = make_model(c.model, 10).encoder, None
+  c.model.input_size = 320
+  large = make_model(c.model, 10).encoder
+  assert native.preprocessing.size == 224 and large.preprocessing.size == 320
+  assert encoders.output_shapes(large)[0] == (1, 10, 10, 1280)
+  shapes = lambda e: jax.tree.map(lambda x: x.shape, jax.eval_shape(  # noqa: E731
+      lambda: e.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.uint8))))
+  assert shapes(native) == shapes(large)
+  assert encoders.make_encoder("resnet50", input_size=288).preprocessing.size == 288
+  c.data.data_dir = "/"
+  c.model.input_size = 20
+  with pytest.raises(config_check.ConfigError, match="model.input_size=20 is not allowed"):
+    config_check.check(c)
+  c.model.update(input_size=96, encoder="small_cnn")
+  with pytest.raises(config_check.ConfigError, match="model.input_size=96 is ignored"):
+    config_check.check(c)

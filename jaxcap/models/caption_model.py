@@ -42,6 +42,7 @@ def dtype_of(name: str):
 def make_model(model_config, vocab_size: int) -> CaptionModel:
   dtype = dtype_of(model_config.dtype)
   enc = encoders.make_encoder(model_config.encoder, dtype=dtype, image_size=model_config.image_size,
+                              input_size=model_config.get("input_size", 0),
                               depthwise_impl=model_config.get("depthwise_impl", "auto"))
   dec = Decoder(vocab_size=vocab_size, mode=model_config.decoder_mode, embed_dim=model_config.embed_dim,
                 hidden_dim=model_config.hidden_dim, attention_dim=model_config.attention_dim,

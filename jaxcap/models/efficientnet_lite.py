@@ -104,10 +104,11 @@ class EfficientNetLite(nn.Module):
   num_classes: int = 0
   depthwise_impl: str = "auto"
   dtype: Any = jnp.float32
+  input_size: int = 0  # 0: the variant's own resolution
 
   @property
   def preprocessing(self) -> Preprocessing:
-    return preprocessing(self.variant)
+    return Preprocessing(self.input_size, **LITE) if self.input_size else preprocessing(self.variant)
 
   @property
   def num_layers(self) -> int:

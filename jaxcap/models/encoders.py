@@ -58,15 +58,16 @@ NAMES = ("small_cnn", *efficientnet_lite.VARIANTS, *RESNETS)
 
 
 def make_encoder(name: str, dtype: Any = jnp.float32, depthwise_impl: str = "auto", image_size: int = 64,
-                 num_classes: int = 0) -> nn.Module:
+                 num_classes: int = 0, input_size: int = 0) -> nn.Module:
+  """`image_size`: small_cnn's input side; `input_size`: a pretrained encoder's (0 = its own resolution)."""
   if name == "small_cnn":
     return SmallCNN(image_size=image_size, dtype=dtype)
   if name in efficientnet_lite.VARIANTS:
     return efficientnet_lite.EfficientNetLite(name, num_classes=num_classes, depthwise_impl=depthwise_impl,
-                                              dtype=dtype)
+                                              dtype=dtype, input_size=input_size)
   if name in RESNETS:
     depth, style = RESNETS[name]
-    return resnet.ResNet(depth, style, num_classes=num_classes, dtype=dtype)
+    return resnet.ResNet(depth, style, num_classes=num_classes, dtype=dtype, input_size=input_size)
   raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(NAMES)}")
 
 

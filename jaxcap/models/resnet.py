@@ -33,10 +33,11 @@ class ResNet(nn.Module):
   style: str = "torchvision"
   num_classes: int = 0
   dtype: Any = jnp.float32
+  input_size: int = 0  # 0: 224, the ImageNet weights' resolution
 
   @property
   def preprocessing(self) -> Preprocessing:
-    return preprocessing(self.style)
+    return preprocessing(self.style, self.input_size or 224)
 
   @property
   def num_layers(self) -> int:
