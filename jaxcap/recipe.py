@@ -5,8 +5,11 @@
 
 A recipe config (see configs/flickr8k_best.py) holds
   - `base`: a training config (the cross-entropy run);
-  - `self_critical`: `train` fields that turn it into the self-critical run started from the cross-entropy
-    one (empty: no self-critical stage);
+  - `top` (optional): `train` fields that turn it into the encoder adaptation run started from the cross-entropy
+    one (the top regime, `jaxcap.feeds.top`; empty: no such stage), for the first `top_seeds` seeds (default
+    all);
+  - `self_critical`: `train` fields that turn it into the self-critical run started from the chain's previous
+    stage (empty: no self-critical stage);
   - `seeds`: how many chains (seeds 0..n-1); with more than one, the final models are also evaluated as an
     ensemble;
   - `encoders` (optional): chain i's encoder is encoders[i] (the base's past the end of the list); an ensemble
@@ -14,13 +17,13 @@ A recipe config (see configs/flickr8k_best.py) holds
     after it too (xe_seed1_lite0);
   - `self_critical_seeds`: how many of them (the first ones) go on to the self-critical run; the others end
     with cross-entropy;
-  - `ensemble_cross_entropy` (default False): the ensemble also takes the cross-entropy models the
-    self-critical ones started from (else only each chain's last model);
+  - `ensemble_cross_entropy` (default False): the ensemble also takes the model each self-critical one started
+    from (the cross-entropy one, or the adapted one after a top stage; else only each chain's last model);
   - `beam`, `alpha`: the test decoding;
   - `consensus` (optional, e.g. dict(k=15, weight=4.0)): before the test evaluations, a consensus index
     (`jaxcap.consensus`) is built in the first chain's last stage, the first member of both evaluations, and
     beam search's captions are re-ranked by it.
-Every stage is an ordinary training run in <workdir>/<stage> (xe_seed0, scst_seed0, ...), so a rerun after a
+Every stage is an ordinary training run in <workdir>/<stage> (xe_seed0, top_seed0, scst_seed0, ...), so a rerun after a
 crash resumes the stage it was in and passes over finished ones; a stage stopped by a signal (Ctrl-C, SIGTERM)
 saves, and the recipe stops there (the next stage must not start from a half-trained model) and says to rerun.
 The encoder's ImageNet weights are converted first when they are missing (needs requirements-torch.txt). At
@@ -50,13 +53,15 @@ flags.DEFINE_string("workdir", None, "Every stage's workdir goes under it (defau
 
 
 def chains(recipe: ml_collections.ConfigDict, workdir: str) -> list[list[tuple[str, ml_collections.ConfigDict]]]:
-  """Every seed's runs, (workdir, training config) in the order they run: cross-entropy, then self-critical from
-  it for the first `self_critical_seeds` seeds. Every stage's config is checked (`config_check`) before any
+  """Every seed's runs, (workdir, training config) in the order they run: cross-entropy, then the encoder's top
+  adapted from it for the first `top_seeds` seeds, then self-critical from the last of those for the first
+  `self_critical_seeds` seeds. Every stage's config is checked (`config_check`) before any
   stage trains."""
   from jaxcap import config_check
   from jaxcap.config_check import ConfigError
-  if not 0 <= recipe.self_critical_seeds <= recipe.seeds:
-    raise ConfigError(f"recipe self_critical_seeds={recipe.self_critical_seeds}: must be 0..seeds ({recipe.seeds})")
+  for field in ("self_critical_seeds", "top_seeds"):
+    if not 0 <= recipe.get(field, 0) <= recipe.seeds:
+      raise ConfigError(f"recipe {field}={recipe[field]}: must be 0..seeds ({recipe.seeds})")
   encoders = list(recipe.get("encoders", None) or [])
   if len(encoders) > recipe.seeds:
     raise ConfigError(f"recipe encoders: {len(encoders)} given for {recipe.seeds} seeds")
@@ -74,11 +79,13 @@ def chains(recipe: ml_collections.ConfigDict, workdir: str) -> list[list[tuple[s
     name = f"seed{seed}" + ("" if xe.model.encoder == recipe.base.model.encoder else
                             "_" + xe.model.encoder.removeprefix("efficientnet_"))
     chain = [(os.path.join(workdir, f"xe_{name}"), xe)]
-    if recipe.self_critical and seed < recipe.self_critical_seeds:
-      sc = xe.copy_and_resolve_references()
-      sc.train.update(recipe.self_critical)
-      sc.train.init_from = chain[0][0]
-      chain.append((os.path.join(workdir, f"scst_{name}"), sc))
+    for stage, fields, seeds in (("top", recipe.get("top", None), recipe.get("top_seeds", recipe.seeds)),
+                                 ("scst", recipe.self_critical, recipe.self_critical_seeds)):
+      if fields and seed < seeds:  # each stage starts from the chain's previous one
+        run = xe.copy_and_resolve_references()
+        run.train.update(fields)
+        run.train.init_from = chain[-1][0]
+        chain.append((os.path.join(workdir, f"{stage}_{name}"), run))
     for stage_dir, config in chain:
       try:
         config_check.check(config)
@@ -101,10 +108,10 @@ def final_models(recipe: ml_collections.ConfigDict, workdir: str) -> list[str]:
 
 
 def ensemble_models(recipe: ml_collections.ConfigDict, workdir: str) -> list[str]:
-  """The test ensemble: every chain's last stage, each followed, with `ensemble_cross_entropy`, by the
-  cross-entropy run its self-critical stage started from."""
+  """The test ensemble: every chain's last stage, each followed, with `ensemble_cross_entropy`, by the stage it
+  started from (cross-entropy, or the adapted encoder's run)."""
   return [d for chain in chains(recipe, workdir)
-          for d, _ in (chain[::-1] if recipe.get("ensemble_cross_entropy", False) else chain[-1:])]
+          for d, _ in (chain[:-3:-1] if recipe.get("ensemble_cross_entropy", False) else chain[-1:])]
 
 
 class StageStopped(Exception):

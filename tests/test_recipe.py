@@ -139,3 +139,21 @@ def test_only_the_first_self_critical_seeds_go_on_to_self_critical_and_a_bad_cou
   c.self_critical_seeds = 4
   with pytest.raises(ValueError, match=r"self_critical_seeds=4: must be 0\.\.seeds \(3\)"):
     recipe.stages(c, "/w")
+
+
+def test_a_top_stage_adapts_the_encoder_between_cross_entropy_and_self_critical(tiny_config):
+  """With `top`, the first `top_seeds` chains adapt the encoder's top from their cross-entropy run, and
+  self-critical training starts from the adapted model; the ensemble's extra member is the model it started from."""
+  c = _recipe(tiny_config, "", seeds=2, self_critical_seeds=1)
+  c.top = ml_collections.ConfigDict(dict(regime="top", top_stages=1, captions_per_image=5, batch_size=10))
+  c.top_seeds = 1
+  got = [(os.path.basename(w), s.train.regime, s.train.init_from) for w, s in recipe.stages(c, "/w")]
+  assert got == [("xe_seed0", "cached", ""), ("top_seed0", "top", "/w/xe_seed0"),
+                 ("scst_seed0", "self_critical", "/w/top_seed0"), ("xe_seed1", "cached", "")]
+  stages = dict(recipe.stages(c, "/w"))
+  assert stages["/w/scst_seed0"].train.captions_per_image == 0  # built on the cross-entropy config, not the top's
+  c.ensemble_cross_entropy = True
+  assert recipe.ensemble_models(c, "/w") == ["/w/scst_seed0", "/w/top_seed0", "/w/xe_seed1"]
+  c.top_seeds = 3
+  with pytest.raises(ValueError, match=r"top_seeds=3: must be 0\.\.seeds \(2\)"):
+    recipe.stages(c, "/w")
