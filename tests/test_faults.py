@@ -474,6 +474,7 @@ BAD = {
     "train.scst_baseline": "mean", "train.feature_store": "disk", "train.feature_memory_gb": -1.0,
     "data.dataset": "coco", "data.karpathy_json": None, "data.use_restval": None, "train.feed_placement": "gpu",
     "train.device_memory_gb": -1.0, "train.steps_per_dispatch": 0, "train.transfer_guard": "never", "train.image_feed": "memory",
+    "model.input_size": 16, "train.captions_per_image": -1, "train.top_stages": 0,
 }
 
 
