@@ -21,9 +21,11 @@ from jaxcap import decode, device_feed, evaluator, feeds, objectives, train_stat
 from jaxcap.data import batching
 from jaxcap.feeds.host import HostBatches
 from jaxcap.feeds.images import augmented
+from jaxcap.feeds.top import cut as top_cut
 from jaxcap.models.caption_model import CaptionModel, make_model
 
 CACHE_DTYPE = np.float16  # what `feature_cache` stores the frozen encoder's grids as
+REGIMES = ("cached", "finetune", "self_critical", "top")
 
 
 @dataclasses.dataclass
@@ -68,6 +70,9 @@ class Build:
     self.mesh = objectives.data_mesh(devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.model: CaptionModel = make_model(config.model, sizes.vocab)
+    if config.train.regime not in REGIMES:
+      raise ValueError(f"train.regime={config.train.regime!r}: jaxcap.aot builds the {', '.join(REGIMES)} "
+                       f"regimes' programs")
     self.feed_class = feeds.feed_class(config)
     size = self.model.encoder.preprocessing.size
     self.image_shape = (size, size, 3)
@@ -78,13 +83,18 @@ class Build:
                                        jnp.zeros((1,) + self.image_shape, jnp.uint8), jnp.zeros((1, 2), jnp.int32)))
       variables.setdefault("batch_stats", {"encoder": {}})
       box["setup"] = train_state.build(config, self.model, variables, config.train.num_steps or 10_000,
-                                       self.feed_class.trainable)
-      grid = self.model.apply(variables, jnp.zeros((1,) + self.image_shape, jnp.uint8), method=CaptionModel.encode)
-      return box["setup"].state, grid
+                                       self.feed_class.trainable_for(config))
+      images = jnp.zeros((1,) + self.image_shape, jnp.uint8)
+      grid = self.model.apply(variables, images, method=CaptionModel.encode)
+      trunk = (self.model.apply(variables, images, method=lambda m, x: m.encoder(x, span=(0, self.cut)))
+               if self.cut else grid)
+      return box["setup"].state, grid, trunk
 
-    abstract_state, grid = jax.eval_shape(state)
+    # The top regime's trunk: the output of the encoder's layers below its cut.
+    self.cut = top_cut(config)[0] if config.train.regime == "top" else 0
+    abstract_state, grid, trunk = jax.eval_shape(state)
     self.setup = dataclasses.replace(box["setup"], state=placed(abstract_state, self.replicated))
-    self.grid_shape = grid.shape[1:]
+    self.grid_shape, self.trunk_shape = grid.shape[1:], trunk.shape[1:]
     t = config.train
     self.batch, self.k, self.max_len = t.batch_size, t.steps_per_dispatch, config.data.max_len
 
@@ -94,7 +104,7 @@ class Build:
     extra = {"mesh": self.mesh} if self.config.train.regime == "self_critical" else {}
     return list(self.feed_class.step_objectives(self.config, **extra).values())[-1]
 
-  def device_captions(self, row_shape, row_dtype, key: str) -> device_feed.DeviceCaptions:
+  def device_captions(self, row_shape, row_dtype, key: str, per_image: int = 0) -> device_feed.DeviceCaptions:
     """The device feed over train rows of `row_shape` as the trainer would place them on these devices
     (`device_feed.placement`; a device's budget is half its HBM unless train.device_memory_gb says)."""
     s, t = self.sizes, self.config.train
@@ -108,7 +118,7 @@ class Build:
       raise ValueError("the train rows fit no device: the step would be host-fed; raise train.device_memory_gb")
     return device_feed.DeviceCaptions(rows, pairs, self.batch, self.config.seed, t.length_bucketing, self.max_len,
                                       shards=1 if where == "replicate" else len(devices), n_devices=len(devices),
-                                      steps_per_dispatch=self.k, key=key)
+                                      steps_per_dispatch=self.k, key=key, per_image=per_image)
 
   def train(self) -> Program:
     """The regime's dispatch: K train steps in one call, as the trainer jits it."""
@@ -118,13 +128,13 @@ class Build:
       args = {"grid": jax.ShapeDtypeStruct((self.k, self.batch) + self.grid_shape, CACHE_DTYPE, sharding=spec),
               "image_index": jax.ShapeDtypeStruct((self.k, self.batch), np.int32, sharding=spec)}
       draw, unit = HostBatches().draw(None, self.mesh), "images"
-    else:
-      finetune = regime == "finetune"
-      source = self.device_captions(self.image_shape if finetune else self.grid_shape,
-                                    np.uint8 if finetune else CACHE_DTYPE, "image" if finetune else "grid")
+    else:  # rows on the devices: pixels (finetune), the trunk (top) or grids (cached)
+      rows = {"finetune": (self.image_shape, np.uint8, "image"), "top": (self.trunk_shape, CACHE_DTYPE, "trunk")}
+      source = self.device_captions(*rows.get(regime, (self.grid_shape, CACHE_DTYPE, "grid")),
+                                    per_image=self.config.train.get("captions_per_image", 0))
       args = source.arg_shapes(self.mesh)
       draw = source.draw(self.max_len, self.mesh)
-      draw, unit = (augmented(self.config, draw), "images") if finetune else (draw, "captions")
+      draw, unit = (augmented(self.config, draw), "images") if regime == "finetune" else (draw, "captions")
     fn = train_state.jit_dispatch(self.setup, self.objective(), draw, self.k)
     # XLA's cost analysis counts the K-step loop's body once: the dispatch's figures are one step's.
     return Program(f"train ({regime}, K={self.k})", fn, (self.setup.state, args), {}, self.batch, unit)

@@ -88,6 +88,12 @@ class Feed:
   `draw`. The subclass sets `source` and adds what it trains (`trainable`, `objective`) and validates on
   (`eval_inputs`)."""
   source: HostBatches
+  trainable: tuple[str, ...]
+
+  @classmethod
+  def trainable_for(cls, config) -> tuple[str, ...]:
+    """What a feed of this class trains under `config` (before any is built: `jaxcap.aot` asks)."""
+    return cls.trainable
 
   @property
   def steps_per_epoch(self) -> int:

@@ -26,7 +26,7 @@ from jaxcap.feeds.host import Feed
 from jaxcap.feeds.rows import TrainRows
 from jaxcap.grids import SplitInputs
 from jaxcap.models import encoders
-from jaxcap.models.caption_model import CaptionModel
+from jaxcap.models.caption_model import CaptionModel, make_model
 
 
 def top_modules(encoder, start: int) -> tuple[str, ...]:
@@ -42,28 +42,45 @@ def top_modules(encoder, start: int) -> tuple[str, ...]:
   return tuple(top["params"])
 
 
+def cut(config) -> tuple[int, tuple[str, ...]]:
+  """(the first layer of the top, the top's encoder modules) for `train.top_stages` of the config's encoder; a
+  one-line TrainError when out of range."""
+  encoder = make_model(config.model, 1).encoder
+  try:
+    start = encoders.top_start(encoder, config.train.top_stages)
+  except ValueError as e:
+    raise train_state.TrainError(str(e)) from None
+  return start, top_modules(encoder, start)
+
+
 class TopOfEncoder(Feed):
   """The top `train.top_stages` stages of the encoder and the decoder, trained on the cached trunk (module
   docstring); starts from `train.init_from` (a cross-entropy run) when set; the encoder's top has its own
   learning rate (`train.encoder_learning_rate`). Validation runs the current top on the cached dev trunks."""
   inputs = "trunk"
 
+  @classmethod
+  def trainable_for(cls, config) -> tuple[str, ...]:
+    return ("decoder", *(f"encoder/{m}" for m in cut(config)[1]))
+
+  @staticmethod
+  def step_objectives(config) -> dict[str, objectives.Objective]:
+    start = cut(config)[0]
+    return {"step": objectives.cross_entropy(config, objectives.top_forward(
+        start, max(config.train.captions_per_image, 1)))}
+
   def __init__(self, config, builder, model: CaptionModel, variables: dict, vocab: vocab_lib.Vocab,
                train: tuple[list[str], dict], dev: tuple[list[str], dict], log=print, verbose: bool = True):
     self.config, self.builder, self.model = config, builder, model
     encoder, t = model.encoder, config.train
-    try:
-      self.start = encoders.top_start(encoder, t.top_stages)
-    except ValueError as e:
-      raise train_state.TrainError(str(e)) from None
-    top = top_modules(encoder, self.start)
-    self.trainable = ("decoder", *(f"encoder/{m}" for m in top))
+    self.start, top = cut(config)
+    self.trainable = self.trainable_for(config)
     self.enc_vars = feature_cache.encoder_variables(variables)
     trunk_vars = {col: {m: v for m, v in tree.items() if m not in top} for col, tree in self.enc_vars.items()}
     self.directory = feature_cache.directory_for(config, builder, encoder.preprocessing.size, trunk_vars,
                                                  trunk=self.start)
     per_image = t.captions_per_image
-    self._objective = objectives.cross_entropy(config, objectives.top_forward(self.start, max(per_image, 1)))
+    [self._objective] = self.step_objectives(config).values()
     self._top = jax.jit(lambda v, x: model.apply(v, x, self.start, method=CaptionModel.encode_top))
     t0 = time.time()
     names, train_rows = self._trunks("train", verbose)
