@@ -1,12 +1,13 @@
-"""Flickr8k, EfficientNet-Lite0's top stages fine-tuned with the decoder on the cached trunk: the encoder
-adaptation step, started from a cross-entropy run of configs/flickr8k_lite0.py.
+"""Flickr8k, EfficientNet-Lite0's top 2 stages fine-tuned with the decoder on the cached trunk, started from a
+cross-entropy run of configs/flickr8k_lite0.py (the deterministic run's workdir):
 
-    python train.py --config configs/flickr8k_lite0.py --workdir workdirs/lite0 --config.data.data_dir=DIR
-    python train.py --config configs/flickr8k_top.py --workdir workdirs/lite0_top \\
-        --config.train.init_from=workdirs/lite0 --config.data.data_dir=DIR
+    python train.py --config configs/flickr8k_top.py --workdir workdirs/flickr8k_top \
+        --config.train.init_from=workdirs/flickr8k_lite0 --config.data.data_dir=/path/to/flickr8k
 
-The first run caches the trunk (the output of the layers below the top 2 stages: 14x14x112 float16 per image).
-Each step runs the top once per image for its 5 captions (image-major batches of 12 images).
+Expect dev BLEU-4 0.1990 (CIDEr-D 0.495) after the first epoch (step 500) and 0.1929 after the second; the kept
+step-500 checkpoint gives test greedy BLEU-4 0.2087, CIDEr-D 0.526 (its start: dev 0.1943, test 0.2166 / 0.537).
+About 15 minutes on a 2-core CPU; the first run also caches the trunk (14x14x112 float16 per image, ~75 s).
+Each step runs the top once per image for its 5 captions (12 images x 5 captions). docs/adapt.md.
 """
 from configs import flickr8k_lite0
 

@@ -113,7 +113,7 @@ def test_recipe_without_a_config_is_one_line():
   assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --config is required")
 
 
-def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_entropy_seed0_and_seed1_on_lite0(
+def test_the_shipped_recipe_is_the_dev_choice_adapted_then_self_critical_seed0_with_cross_entropy_seed1_on_lite0(
     monkeypatch, tmp_path):
   from configs import flickr8k_best
   monkeypatch.setenv("JAXCAP_FLICKR8K_DIR", str(tmp_path))  # the stages' configs are checked: the folder must exist
@@ -121,10 +121,11 @@ def test_the_shipped_recipe_is_the_dev_choice_self_critical_seed0_with_cross_ent
   got = [(os.path.basename(w), s.train.regime, s.train.init_from, s.seed, s.model.encoder)
          for w, s in recipe.stages(c, "/w")]
   assert got == [("xe_seed0", "cached", "", 0, "efficientnet_lite1"),
-                 ("scst_seed0", "self_critical", "/w/xe_seed0", 0, "efficientnet_lite1"),
+                 ("top_seed0", "top", "/w/xe_seed0", 0, "efficientnet_lite1"),
+                 ("scst_seed0", "self_critical", "/w/top_seed0", 0, "efficientnet_lite1"),
                  ("xe_seed1_lite0", "cached", "", 1, "efficientnet_lite0")]
   assert recipe.final_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed1_lite0"]
-  assert recipe.ensemble_models(c, "/w") == ["/w/scst_seed0", "/w/xe_seed0", "/w/xe_seed1_lite0"]
+  assert recipe.ensemble_models(c, "/w") == ["/w/scst_seed0", "/w/top_seed0", "/w/xe_seed1_lite0"]
   assert (c.beam, c.consensus.k, c.consensus.weight) == (20, 15, 4.0)  # consensus reranking chosen on dev
 
 
