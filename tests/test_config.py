@@ -84,7 +84,7 @@ def test_shipped_configs_pass_when_their_folder_is_there(name, folders):
 def test_the_recipes_stages_pass_when_the_folder_is_there(folders):
   from configs import flickr8k_best
   from jaxcap import recipe
-  assert len(recipe.stages(flickr8k_best.get_config(), "/w")) == 3
+  assert len(recipe.stages(flickr8k_best.get_config(), "/w")) == 4  # cross-entropy, top, self-critical, cross-entropy on Lite0
 
 
 def test_flickr8k_configs_read_their_folder_from_the_environment_when_they_are_built(monkeypatch, tmp_path):
